@@ -1,0 +1,200 @@
+"""Gemma policies: presets, construction, parameter loading, teacher forcing.
+
+The policy is the `gemma` library's `gm.nn.Transformer` built from a
+`TransformerConfig`. Presets:
+
+* ``tiny``: Gemma-2 architecture (GQA, alternating local sliding / global
+  attention, attention and final logit soft-capping, pre+post norms) at a size
+  that trains on a CPU in minutes.
+* ``gemma2_2b`` / ``gemma2_9b``: the released Gemma 2 shapes, loaded from a
+  local Orbax checkpoint.
+
+Example::
+
+  model = models.make_model(preset="tiny", vocab_size=512)
+  params = models.init_params(model, jax.random.key(0))
+  logp = models.token_logprobs(model, params, tokens)  # [B, L-1]
+
+Token conventions follow Gemma: ``pad = 0``, ``eos = 1``, ``bos = 2``. Gemma
+derives positions and the causal attention mask from ``tokens != 0``, so
+sequences are right-padded with 0.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from gemma import gm
+from gemma.gm.nn import _config as gemma_config
+from gemma.gm.nn import _modules as gemma_modules
+
+Params = Any
+
+PAD_ID = 0
+EOS_ID = 1
+BOS_ID = 2
+
+_LOCAL = gemma_modules.AttentionType.LOCAL_SLIDING
+_GLOBAL = gemma_modules.AttentionType.GLOBAL
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Preset:
+  """Architecture hyper-parameters; `vocab_size=None` means the tokenizer's."""
+
+  num_layers: int
+  embed_dim: int
+  hidden_dim: int
+  num_heads: int
+  head_dim: int
+  num_kv_heads: int
+  sliding_window_size: int
+  vocab_size: int | None = None
+  transpose_gating_einsum: bool = False
+  # Released checkpoints only: what to download when the path is missing.
+  download_hint: str = ""
+
+
+PRESETS: dict[str, Preset] = {
+    # ~3.3M parameters with a 512-token vocabulary.
+    "tiny": Preset(
+        num_layers=4,
+        embed_dim=256,
+        hidden_dim=768,
+        num_heads=4,
+        head_dim=64,
+        num_kv_heads=2,
+        sliding_window_size=64,
+    ),
+    "gemma2_2b": Preset(
+        num_layers=26,
+        embed_dim=2304,
+        hidden_dim=9216,
+        num_heads=8,
+        head_dim=256,
+        num_kv_heads=4,
+        sliding_window_size=4096,
+        vocab_size=256128,
+        download_hint=(
+            "the Gemma 2 2B Orbax checkpoint (e.g. Kaggle google/gemma-2/flax/gemma2-2b)"
+        ),
+    ),
+    "gemma2_9b": Preset(
+        num_layers=42,
+        embed_dim=3584,
+        hidden_dim=14336,
+        num_heads=16,
+        head_dim=256,
+        num_kv_heads=8,
+        sliding_window_size=4096,
+        vocab_size=256128,
+        transpose_gating_einsum=True,
+        download_hint=(
+            "the Gemma 2 9B Orbax checkpoint (e.g. Kaggle google/gemma-2/flax/gemma2-9b)"
+        ),
+    ),
+}
+
+
+def transformer_config(
+    preset: str, vocab_size: int | None = None
+) -> gemma_config.TransformerConfig:
+  """Returns the gemma `TransformerConfig` of a preset (Gemma 2 features on)."""
+  if preset not in PRESETS:
+    raise ValueError(
+        f"unknown model preset {preset!r}; choose one of {sorted(PRESETS)}"
+    )
+  p = PRESETS[preset]
+  vocab = p.vocab_size or vocab_size
+  if vocab is None:
+    raise ValueError(f"preset {preset!r} needs the tokenizer's vocab_size")
+  if p.vocab_size is not None and vocab_size not in (None, p.vocab_size):
+    raise ValueError(
+        f"preset {preset!r} has a {p.vocab_size}-token vocabulary but the"
+        f" tokenizer has {vocab_size}; use the Gemma 2 tokenizer"
+    )
+  return gemma_config.TransformerConfig(
+      num_embed=vocab,
+      embed_dim=p.embed_dim,
+      hidden_dim=p.hidden_dim,
+      num_heads=p.num_heads,
+      head_dim=p.head_dim,
+      num_kv_heads=p.num_kv_heads,
+      final_logit_softcap=30.0,
+      attention_types=gemma_config.make_attention_layers_types(
+          (_LOCAL, _GLOBAL), num_layers=p.num_layers
+      ),
+      use_post_attn_norm=True,
+      use_post_ffw_norm=True,
+      attn_logits_soft_cap=50.0,
+      sliding_window_size=p.sliding_window_size,
+      transpose_gating_einsum=p.transpose_gating_einsum,
+  )
+
+
+def make_model(
+    *, preset: str, vocab_size: int | None = None, dtype: Any = jnp.float32
+) -> gm.nn.Transformer:
+  """Builds the gemma `Transformer` of a preset."""
+  return gm.nn.Transformer(
+      config=transformer_config(preset, vocab_size), dtype=dtype
+  )
+
+
+def init_params(model: gm.nn.Transformer, rng: jax.Array) -> Params:
+  """Random parameters (the tiny preset, or abstract shapes via eval_shape)."""
+  dummy = jnp.ones((1, 4), jnp.int32)
+  return model.init(rng, dummy)["params"]
+
+
+def abstract_params(model: gm.nn.Transformer) -> Params:
+  """Parameter shapes without allocating them (`jax.eval_shape`)."""
+  return jax.eval_shape(lambda: init_params(model, jax.random.key(0)))
+
+
+def num_params(params: Params) -> int:
+  return sum(int(x.size) for x in jax.tree.leaves(params))
+
+
+def load_params(path: str, *, preset: str, field: str = "model.ckpt_path") -> Params:
+  """Restores released Gemma parameters from a local Orbax checkpoint.
+
+  Raises a one-line `FileNotFoundError` naming what to download and which
+  config field to set when `path` is missing.
+  """
+  if not path or not os.path.exists(path):
+    hint = PRESETS[preset].download_hint or "an Orbax checkpoint of this preset"
+    raise FileNotFoundError(
+        f"checkpoint {path!r} not found: download {hint} and set"
+        f" --config.{field}=/path/to/checkpoint"
+    )
+  return gm.ckpts.load_params(os.path.abspath(path))
+
+
+def token_logprobs(
+    model: gm.nn.Transformer,
+    params: Params,
+    tokens: jax.Array,
+    *,
+    temperature: float = 1.0,
+) -> jax.Array:
+  """Teacher-forced log-probabilities of `tokens[:, 1:]` given their prefix.
+
+  Args:
+    model: the policy.
+    params: its parameters.
+    tokens: int32[B, L], right-padded with `PAD_ID`.
+    temperature: logits are divided by it before the softmax.
+
+  Returns:
+    float32[B, L-1]: log pi(tokens[:, t+1] | tokens[:, :t+1]); entries whose
+    target is padding are meaningless and must be masked by the caller.
+  """
+  logits = model.apply({"params": params}, tokens).logits[:, :-1]
+  logits = logits.astype(jnp.float32) / temperature
+  logp = jax.nn.log_softmax(logits, axis=-1)
+  return jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]

