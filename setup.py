@@ -41,7 +41,9 @@ setuptools.setup(
     name="bon_jax",
     version="0.1.0",
     description="Inference-aware fine-tuning for Best-of-N sampling (Chow et al., ICLR 2025) in JAX.",
-    packages=setuptools.find_packages(include=["bon_jax", "bon_jax.*"]),
+    # `configs` is installed too, so `from configs import common` works from any
+    # working directory.
+    packages=setuptools.find_packages(include=["bon_jax", "bon_jax.*", "configs"]),
     package_data={"bon_jax": ["assets/*"]},
     python_requires=">=3.10,<3.12",
     install_requires=INSTALL_REQUIRES,

@@ -3,6 +3,7 @@
 The policy is the `gemma` library's `gm.nn.Transformer` built from a
 `TransformerConfig`. Presets:
 
+* ``micro``: the same at test size.
 * ``tiny``: Gemma-2 architecture (GQA, alternating local sliding / global
   attention, attention and final logit soft-capping, pre+post norms) at a size
   that trains on a CPU in minutes.
@@ -60,6 +61,16 @@ class Preset:
 
 
 PRESETS: dict[str, Preset] = {
+    # For tests: compiles and steps in well under a second on a CPU.
+    "micro": Preset(
+        num_layers=2,
+        embed_dim=64,
+        hidden_dim=128,
+        num_heads=4,
+        head_dim=16,
+        num_kv_heads=2,
+        sliding_window_size=16,
+    ),
     # ~3.3M parameters with a 512-token vocabulary.
     "tiny": Preset(
         num_layers=4,

@@ -1,0 +1,144 @@
+"""Config validation and workdir safety: bad input becomes one clear line.
+
+`UserError` is what `bon_jax.main` prints as a single `error: ...` line (no
+traceback). Everything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import ml_collections
+
+from bon_jax import models
+
+# Fields that fix what a checkpoint in the workdir is: a run that differs in any
+# of them cannot resume from it.
+IDENTITY_FIELDS = ("task", "tokenizer", "model", "seed")
+CONFIG_FILE = "config.json"
+
+
+class UserError(Exception):
+  """A problem with the user's input; its message says what to fix."""
+
+
+def _require(cond: bool, msg: str) -> None:
+  if not cond:
+    raise UserError(msg)
+
+
+def _positive_int(config: ml_collections.ConfigDict, path: str, minimum: int = 1) -> None:
+  value = config
+  for part in path.split("."):
+    value = value[part]
+  _require(
+      isinstance(value, int) and not isinstance(value, bool) and value >= minimum,
+      f"config.{path} must be an integer >= {minimum}, got {value!r}",
+  )
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises `UserError` on values that would fail later or silently mislead."""
+  _require(
+      config.model.preset in models.PRESETS,
+      f"config.model.preset={config.model.preset!r} is unknown; choose one of"
+      f" {sorted(models.PRESETS)}",
+  )
+  _require(
+      config.model.dtype in ("float32", "bfloat16"),
+      f"config.model.dtype must be 'float32' or 'bfloat16', got {config.model.dtype!r}",
+  )
+  _require(
+      config.task.name == "countdown",
+      f"config.task.name={config.task.name!r} is unknown; choose 'countdown'",
+  )
+  _require(
+      config.tokenizer.kind in ("task", "sentencepiece"),
+      f"config.tokenizer.kind must be 'task' or 'sentencepiece', got {config.tokenizer.kind!r}",
+  )
+  for path in ("task.num_train", "task.num_test", "train.batch_size", "train.log_every",
+               "train.checkpoint_every", "train.keep_checkpoints", "eval.num_prompts",
+               "eval.num_samples", "eval.max_new_tokens", "eval.prompts_per_batch"):
+    _positive_int(config, path)
+  _positive_int(config, "train.steps", minimum=0)
+  _positive_int(config, "train.warmup_steps", minimum=0)
+  _positive_int(config, "train.max_len", minimum=0)
+  _positive_int(config, "eval.top_k", minimum=0)
+  _require(config.train.learning_rate > 0, "config.train.learning_rate must be > 0")
+  _require(config.eval.temperature >= 0, "config.eval.temperature must be >= 0")
+  _require(0 < config.eval.top_p <= 1, "config.eval.top_p must be in (0, 1]")
+  _require(
+      config.eval.num_prompts <= config.task.num_test,
+      f"config.eval.num_prompts={config.eval.num_prompts} exceeds"
+      f" config.task.num_test={config.task.num_test}",
+  )
+  for field in ("model.ckpt_path", "tokenizer.path"):
+    section, key = field.split(".")
+    path = config[section][key]
+    _require(
+        not path or os.path.exists(path),
+        f"config.{field}={path!r} does not exist; fix the path or set it to ''",
+    )
+  _require(
+      config.tokenizer.kind != "sentencepiece" or config.tokenizer.path,
+      "config.tokenizer.kind='sentencepiece' needs config.tokenizer.path (a .model file,"
+      " e.g. Gemma 2's tokenizer.model)",
+  )
+
+
+def identity(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  full = config.to_dict()
+  return {k: full[k] for k in IDENTITY_FIELDS}
+
+
+def prepare_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Creates `workdir` or checks that it holds a run this config may resume.
+
+  The first run writes `config.json`; a later run with different task, tokenizer,
+  model or seed is refused (one line), so nothing in the workdir is overwritten.
+  Other fields (steps, eval settings) may change between runs; every run is
+  appended to `runs.jsonl` for provenance.
+  """
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise UserError(f"--workdir={workdir} exists and is not a directory")
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, CONFIG_FILE)
+  if os.path.exists(path):
+    try:
+      with open(path) as f:
+        saved = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+      raise UserError(f"{path} is unreadable ({e}); use a new --workdir") from None
+    mine = json.loads(json.dumps(identity(config)))
+    theirs = {k: saved.get(k) for k in IDENTITY_FIELDS}
+    if mine != theirs:
+      diffs = sorted(_diff(theirs, mine))
+      raise UserError(
+          f"--workdir={workdir} holds a run with a different config"
+          f" ({'; '.join(diffs[:3])}); use a new --workdir or the original config"
+      )
+  elif _has_checkpoints(workdir):
+    raise UserError(
+        f"--workdir={workdir} holds checkpoints but no {CONFIG_FILE}; use a new --workdir"
+    )
+  else:
+    with open(path, "w") as f:
+      json.dump(config.to_dict(), f, indent=2, sort_keys=True)
+  with open(os.path.join(workdir, "runs.jsonl"), "a") as f:
+    f.write(json.dumps(config.to_dict(), sort_keys=True) + "\n")
+
+
+def _has_checkpoints(workdir: str) -> bool:
+  ckpt = os.path.join(workdir, "checkpoints")
+  return os.path.isdir(ckpt) and bool(os.listdir(ckpt))
+
+
+def _diff(a: Any, b: Any, prefix: str = "config") -> list[str]:
+  if isinstance(a, dict) and isinstance(b, dict):
+    out = []
+    for k in sorted(set(a) | set(b)):
+      out += _diff(a.get(k), b.get(k), f"{prefix}.{k}")
+    return out
+  return [] if a == b else [f"{prefix}: saved {a!r}, now {b!r}"]

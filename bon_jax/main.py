@@ -1,0 +1,67 @@
+r"""Command-line entry point.
+
+  python -m bon_jax.main --config=configs/demo.py --workdir=/tmp/bon_demo \
+      --config.train.steps=200
+
+Config fields are overridden with `--config.<path>=<value>`. Problems with the
+input (unknown or ill-typed fields, missing paths, a workdir that belongs to
+another run) are reported as one `error: ...` line and exit status 2.
+"""
+
+import os
+import sys
+
+# Quiet TensorFlow (pulled in by gemma and clu) before anything imports it.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from absl import app  # pylint: disable=g-import-not-at-top
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from bon_jax import config_lib
+from bon_jax import train
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Experiment config file (configs/*.py).", lock_config=True
+)
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Directory for checkpoints, metrics and reports; a rerun resumes."
+)
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _one_line(e: BaseException) -> str:
+  return " ".join(str(e).replace("\\n", " ").replace("\\'", "'").split()).strip("'\"")
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl flag parsing, with config-file and override errors on one line."""
+  try:
+    rest = flags.FLAGS(argv)
+    _ = _CONFIG.value  # Loads the config file and applies the overrides.
+  except flags.Error as e:
+    print(f"error: {_one_line(e)}", file=sys.stderr)
+    sys.exit(2)
+  except (AttributeError, KeyError) as e:
+    print(f"error: unknown config field in an override: {_one_line(e)}", file=sys.stderr)
+    sys.exit(2)
+  except (OSError, TypeError, ValueError, SyntaxError, ImportError) as e:
+    print(f"error: cannot load --config: {_one_line(e)}", file=sys.stderr)
+    sys.exit(2)
+  return rest
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  logging.set_verbosity(logging.WARNING)
+  try:
+    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except config_lib.UserError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=_parse_flags)

@@ -1,0 +1,57 @@
+"""Pieces shared by every experiment config.
+
+Each experiment is one file in `configs/` whose `get_config()` returns a
+`ConfigDict`, readable top to bottom; this module only holds the defaults they
+start from. Override any field from the command line, e.g.
+`--config.train.steps=200`.
+"""
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Defaults for a single SFT + evaluation run; experiments override them."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  # Problems. `countdown` is the embedded verifiable-math task.
+  c.task = ml_collections.ConfigDict()
+  c.task.name = "countdown"
+  c.task.seed = 0
+  c.task.num_train = 5000
+  c.task.num_test = 256
+
+  # `task`: the embedded task's sentencepiece model (shipped in the package);
+  # `sentencepiece`: a .model file at `tokenizer.path` (e.g. Gemma 2's).
+  c.tokenizer = ml_collections.ConfigDict()
+  c.tokenizer.kind = "task"
+  c.tokenizer.path = ""
+
+  # The policy: a gemma `Transformer` preset (see bon_jax/models.py).
+  c.model = ml_collections.ConfigDict()
+  c.model.preset = "tiny"
+  c.model.dtype = "float32"
+  c.model.ckpt_path = ""  # Orbax params to start from; "" = random init.
+
+  c.train = ml_collections.ConfigDict()
+  c.train.steps = 1000
+  c.train.batch_size = 64
+  c.train.learning_rate = 1e-3
+  c.train.warmup_steps = 50
+  c.train.weight_decay = 0.01
+  c.train.grad_clip_norm = 1.0
+  c.train.max_len = 0  # Tokens per SFT sequence; 0 = longest in the data.
+  c.train.log_every = 25
+  c.train.checkpoint_every = 100
+  c.train.keep_checkpoints = 3
+
+  # Evaluation on the test split: n samples per prompt, curves for k = 1, 2, 4 ... n.
+  c.eval = ml_collections.ConfigDict()
+  c.eval.num_prompts = 256
+  c.eval.num_samples = 32
+  c.eval.temperature = 1.0
+  c.eval.top_k = 0  # 0 = off.
+  c.eval.top_p = 1.0  # 1.0 = off.
+  c.eval.max_new_tokens = 32
+  c.eval.prompts_per_batch = 32
+  return c
