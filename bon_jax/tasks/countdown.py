@@ -1,0 +1,632 @@
+"""Countdown: make a target from given digits, each once, with +, -, *, ().
+
+A puzzle is a digit multiset and a target: from 3, 4, 7, 9 make 60.
+``3*(4+7+9)`` is right (so is ``(9+7+4)*3``, the same solution in another
+form); ``4*(9+7)-3`` makes 61 and ``7*9-3`` leaves the 4 unused.
+
+Definitions this module fixes:
+
+* **Form**: an expression over the digits (each exactly once) without
+  redundant brackets -- the printing of a parse tree with the fewest brackets
+  that keep its value: ``3+4+7`` but never ``3+(4+7)`` or ``(3*4)+7``.
+  Distinct forms are distinct strings; `num_forms` counts them.
+* **Solution** (what `num_solutions` counts): a class of forms equal up to
+  associativity and commutativity of + and *, with subtraction folded into
+  signed sums (``9-(4-3)`` ~ ``9-4+3`` ~ ``3+9-4``); `normal_form` is the exact
+  class key. Distributivity is not applied (``3*(4+7)`` and ``3*4+3*7`` need
+  different digits anyway).
+
+The grader accepts any correct expression (redundant brackets, any order,
+spaces, ``×``/``\\times``/``−``), not only forms. All forms of a multiset are
+enumerated by a vectorised interval DP over bracket templates, evaluated for
+every ordering of the digits at once, with hashed solution classes.
+
+Example::
+
+  digits_value("(3+4)*9 - 7", (3, 4, 7, 9))   # 56; None if the digits differ
+  target_stats((3, 4, 7, 9))[60]              # (num_solutions, num_forms)
+  solutions((3, 4, 7, 9), 60)                 # forms grouped by class
+  sample_form((3, 4, 7, 9), 60, rng)          # uniform class, then form
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+import itertools
+import re
+from typing import Union
+
+import numpy as np
+
+# A parse tree: an int leaf, or (op, left, right) with op in "+-*".
+Node = Union[int, tuple[str, "Node", "Node"]]
+
+MAX_DIGITS = 6
+# Completions are short; anything longer is rejected before parsing, which
+# also bounds the parser's recursion depth.
+MAX_EXPR_CHARS = 128
+
+_ALIASES = (
+    ("\\times", "*"),
+    ("\\cdot", "*"),
+    ("×", "*"),
+    ("·", "*"),
+    ("−", "-"),
+    ("–", "-"),
+)
+_TOKEN_RE = re.compile(r"\s*(?:(\d+)|([-+*()]))")
+
+
+class ParseError(ValueError):
+  """The text is not an expression of digits, +, -, * and brackets."""
+
+
+def tokenize(text: str) -> list[str]:
+  """Splits `text` into number, operator and bracket tokens.
+
+  Raises:
+    ParseError: on any other character (e.g. "/", "^", "="), numbers with
+      leading zeros, or text longer than `MAX_EXPR_CHARS`.
+  """
+  if len(text) > MAX_EXPR_CHARS:
+    raise ParseError(f"expression longer than {MAX_EXPR_CHARS} characters")
+  for alias, op in _ALIASES:
+    text = text.replace(alias, op)
+  tokens, pos = [], 0
+  text = text.rstrip()
+  while pos < len(text):
+    m = _TOKEN_RE.match(text, pos)
+    if m is None:
+      raise ParseError(f"unexpected character {text[pos:].lstrip()[:1]!r}")
+    number, op = m.groups()
+    if number is not None and len(number) > 1 and number[0] == "0":
+      raise ParseError(f"number with a leading zero: {number!r}")
+    tokens.append(number if number is not None else op)
+    pos = m.end()
+  return tokens
+
+
+def parse(text: str) -> Node:
+  """Parses +, -, * (usual precedence, left-associative), brackets, integers.
+
+  No unary minus and no eval(): ``parse("(3+4)*9-7") == ("-", ("*", ("+", 3,
+  4), 9), 7)``.
+
+  Raises:
+    ParseError: if `text` is not such an expression.
+  """
+  tokens = tokenize(text)
+  pos = 0
+
+  def peek() -> str | None:
+    return tokens[pos] if pos < len(tokens) else None
+
+  def take() -> str:
+    nonlocal pos
+    if pos >= len(tokens):
+      raise ParseError("expression ends early")
+    pos += 1
+    return tokens[pos - 1]
+
+  def expr() -> Node:
+    node = term()
+    while peek() in ("+", "-"):
+      op = take()
+      node = (op, node, term())
+    return node
+
+  def term() -> Node:
+    node = factor()
+    while peek() == "*":
+      take()
+      node = ("*", node, factor())
+    return node
+
+  def factor() -> Node:
+    tok = take()
+    if tok == "(":
+      node = expr()
+      if take() != ")":
+        raise ParseError("unbalanced brackets")
+      return node
+    if tok.isdigit():
+      return int(tok)
+    raise ParseError(f"expected a number or '(' but got {tok!r}")
+
+  node = expr()
+  if pos != len(tokens):
+    raise ParseError(f"unexpected {tokens[pos]!r} after a complete expression")
+  return node
+
+
+def value(node: Node) -> int:
+  """The integer value of a parse tree."""
+  if isinstance(node, int):
+    return node
+  op, left, right = node
+  a, b = value(left), value(right)
+  return a + b if op == "+" else a - b if op == "-" else a * b
+
+
+def leaves(node: Node) -> list[int]:
+  """The numbers of a parse tree, left to right."""
+  if isinstance(node, int):
+    return [node]
+  return leaves(node[1]) + leaves(node[2])
+
+
+def digits_value(text: str, digits: tuple[int, ...]) -> int | None:
+  """Value of `text` if it is an expression using exactly `digits`, else None.
+
+  "Exactly" is as a multiset: every given digit once, nothing else (so no
+  concatenated numbers like 34 and no reused digits).
+  """
+  try:
+    node = parse(text)
+  except ParseError:
+    return None
+  if sorted(leaves(node)) != sorted(digits):
+    return None
+  return value(node)
+
+
+def normal_form(node: Node) -> tuple:
+  """Canonical key of the solution class of `node` (see module docstring).
+
+  Sums flatten to a sorted tuple of (sign, term) pairs, products to a sorted
+  tuple of factors, so ``normal_form(parse("9-(4-3)")) ==
+  normal_form(parse("3+9-4"))``.
+  """
+  if isinstance(node, int):
+    return ("d", node)
+  op, left, right = node
+  if op == "*":
+    factors = []
+    for child in (left, right):
+      form = normal_form(child)
+      factors.extend(form[1] if form[0] == "p" else (form,))
+    return ("p", tuple(sorted(factors)))
+  terms = []
+  for sign, child in ((1, left), (1 if op == "+" else -1, right)):
+    form = normal_form(child)
+    if form[0] == "s":
+      terms.extend((sign * s, t) for s, t in form[1])
+    else:
+      terms.append((sign, form))
+  return ("s", tuple(sorted(terms)))
+
+
+# Grammar of forms (bracket-minimal trees). Node types: "d" digit, "s" sum or
+# difference, "p" product. Operators associate left to right, so the right
+# child of "+" is never a sum (a+(b-c) prints as a+b-c) and the right child of
+# "*" never a product; the right child of "-" may be a bracketed sum.
+_TYPES = ("d", "s", "p")
+_RULES = (
+    ("+", "s", _TYPES, ("d", "p")),
+    ("-", "s", _TYPES, _TYPES),
+    ("*", "p", _TYPES, ("d", "s")),
+)
+
+
+def _interval_dp(leaf, combine, concat, n: int) -> list:
+  """Runs the form grammar over intervals of `n` leaves.
+
+  Every backend (template strings, values, class hashes) goes through this
+  one loop, so column j of every backend describes the same form.
+
+  Args:
+    leaf: i -> the batch of the one-leaf interval at position i.
+    combine: (op, left, right, left_type, right_type) -> the batch of all
+      `left op right` forms (left-major order).
+    concat: (batches, type, final) -> one batch of that type; `final` marks
+      the full interval, where a backend may drop what only parents need.
+    n: number of leaves.
+
+  Returns:
+    The batches of the full interval, types in `_TYPES` order.
+  """
+  table = {(i, 1): {"d": leaf(i)} for i in range(n)}
+  for length in range(2, n + 1):
+    for start in range(n - length + 1):
+      pieces = {t: [] for t in _TYPES}
+      for a in range(1, length):
+        left, right = table[start, a], table[start + a, length - a]
+        for op, out_type, left_types, right_types in _RULES:
+          for lt in left_types:
+            for rt in right_types:
+              if lt in left and rt in right:
+                pieces[out_type].append(
+                    combine(op, left[lt], right[rt], lt, rt)
+                )
+      table[start, length] = {
+          t: concat(p, t, length == n) for t, p in pieces.items() if p
+      }
+  return [table[0, n][t] for t in _TYPES if t in table[0, n]]
+
+
+@functools.cache
+def templates(n: int) -> tuple[str, ...]:
+  """All forms over placeholders ``{0}..{n-1}`` in this order (cached).
+
+  ``templates(2) == ("{0}+{1}", "{0}-{1}", "{0}*{1}")``; there are 1, 3, 15,
+  93, 645, 4791 of them for n = 1..6.
+  """
+  _check_num_digits(n)
+
+  def combine(op, lb, rb, lt, rt):
+    if op == "*" and lt == "s":
+      lb = [f"({s})" for s in lb]
+    if op in "-*" and rt == "s":
+      rb = [f"({s})" for s in rb]
+    return [ls + op + rs for ls in lb for rs in rb]
+
+  batches = _interval_dp(
+      lambda i: ["{%d}" % i], combine, lambda p, t, final: sum(p, []), n
+  )
+  return tuple(itertools.chain(*batches))
+
+
+# Class hashes: a vectorised, probabilistic `normal_form`. A sum keeps the
+# additive multiset hashes (P, N) of its positive and negative terms (so
+# subtraction of a sum swaps them), a product the multiset hash A of its
+# factors; each node's own hash mixes these. uint64 arithmetic wraps.
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+_SUM_SALT = np.uint64(0x9E3779B97F4A7C15)
+_PROD_SALT = np.uint64(0xD1B54A32D192ED03)
+_DIGIT_HASH = np.random.default_rng(20250101).integers(
+    0, 2**63, size=10, dtype=np.uint64
+)
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+  """splitmix64's finaliser: a bijective scramble of uint64."""
+  x = x ^ (x >> np.uint64(30))
+  x = x * _M1
+  x = x ^ (x >> np.uint64(27))
+  x = x * _M2
+  return x ^ (x >> np.uint64(31))
+
+
+def _outer_sum(x, y, shape: tuple[int, int, int]) -> np.ndarray:
+  """x[:, i] + y[:, j] as uint64[P, I*J], where None is an all-zero operand."""
+  num, i, j = shape
+  if x is None and y is None:
+    return np.zeros((num, i * j), np.uint64)
+  if x is None:
+    return np.tile(y, (1, i))
+  if y is None:
+    return np.repeat(x, j, axis=1)
+  return (x[:, :, None] + y[:, None, :]).reshape(num, -1)
+
+
+def _value_and_class(perms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Values int64[P, T] and class hashes uint64[P, T] of every template.
+
+  Row p fills the template placeholders with the digits `perms[p]`.
+  """
+  num = len(perms)
+
+  def leaf(i):
+    d = perms[:, i : i + 1]
+    return {"v": d, "h": _DIGIT_HASH[d]}
+
+  def outer(x, y, fn):
+    return fn(x[:, :, None], y[:, None, :]).reshape(num, -1)
+
+  def combine(op, lb, rb, lt, rt):
+    if op == "*":
+      la = lb["a"] if lt == "p" else lb["h"]
+      ra = rb["a"] if rt == "p" else rb["h"]
+      return {"v": outer(lb["v"], rb["v"], np.multiply), "a": outer(la, ra, np.add)}
+    # A non-sum child is a single positive term; None stands for an empty
+    # negative multiset (hash 0) and saves the arithmetic on zeros.
+    lpos, lneg = (lb["pos"], lb["neg"]) if lt == "s" else (lb["h"], None)
+    rpos, rneg = (rb["pos"], rb["neg"]) if rt == "s" else (rb["h"], None)
+    if op == "-":
+      rpos, rneg = rneg, rpos
+    v = outer(lb["v"], rb["v"], np.subtract if op == "-" else np.add)
+    shape = (num, lb["v"].shape[1], rb["v"].shape[1])
+    return {
+        "v": v,
+        "pos": _outer_sum(lpos, rpos, shape),
+        "neg": _outer_sum(lneg, rneg, shape),
+    }
+
+  def concat(pieces, node_type, final):
+    # Node hashes are mixed once per interval rather than per piece.
+    batch = {k: np.concatenate([p[k] for p in pieces], axis=1) for k in pieces[0]}
+    if node_type == "p":
+      batch["h"] = _mix(batch["a"] + _PROD_SALT)
+    else:
+      batch["h"] = _mix(batch["pos"] ^ _mix(batch["neg"] + _SUM_SALT))
+    return {"v": batch["v"], "h": batch["h"]} if final else batch
+
+  batches = _interval_dp(leaf, combine, concat, perms.shape[1])
+  values = np.concatenate([b["v"] for b in batches], axis=1)
+  hashes = np.concatenate([b["h"] for b in batches], axis=1)
+  return values, hashes
+
+
+def _check_num_digits(n: int) -> None:
+  if not 1 <= n <= MAX_DIGITS:
+    raise ValueError(f"number of digits must be in 1..{MAX_DIGITS}, got {n}")
+
+
+def _check_digits(digits) -> tuple[int, ...]:
+  """The digits as a sorted tuple (the cache key), validated."""
+  digits = tuple(sorted(int(d) for d in digits))
+  _check_num_digits(len(digits))
+  if not all(0 <= d <= 9 for d in digits):
+    raise ValueError(f"countdown digits must be in 0..9, got {digits}")
+  return digits
+
+
+@functools.lru_cache(maxsize=None)
+def orderings(digits: tuple[int, ...]) -> np.ndarray:
+  """Distinct orderings of a sorted digit tuple, int64[P, n], sorted."""
+  return np.array(sorted(set(itertools.permutations(digits))), np.int64)
+
+
+def tables(multisets) -> list[tuple[np.ndarray, np.ndarray]]:
+  """(values int64[P, T], class hashes uint64[P, T]) per sorted digit tuple.
+
+  Row p is the ordering ``orderings(digits)[p]``, column t the template
+  ``templates(n)[t]``. Multisets of one size share one vectorised DP, which
+  amortises its ~100 numpy calls (a lone 5-digit multiset costs ~7 ms, a
+  batch of 64 ~1 ms each).
+  """
+  multisets = [_check_digits(m) for m in multisets]
+  out = [None] * len(multisets)
+  by_size = collections.defaultdict(list)
+  for i, m in enumerate(multisets):
+    by_size[len(m)].append(i)
+  for idx in by_size.values():
+    perms = [orderings(multisets[i]) for i in idx]
+    values, hashes = _value_and_class(np.concatenate(perms))
+    cuts = np.cumsum([len(p) for p in perms])[:-1]
+    for i, v, h in zip(idx, np.split(values, cuts), np.split(hashes, cuts)):
+      out[i] = (v, h)
+  return out
+
+
+@functools.lru_cache(maxsize=32)
+def _tables(digits: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+  return tables([digits])[0]
+
+
+def range_stats(
+    values: np.ndarray, hashes: np.ndarray, lo: int, hi: int
+) -> dict[int, tuple[int, int]]:
+  """{target: (num_solutions, num_forms)} for reachable targets in [lo, hi]."""
+  if not 0 <= hi - lo < 2**23:
+    raise ValueError(f"target range [{lo}, {hi}] must be non-empty and < 2**23")
+  mask = (values >= lo) & (values <= hi)
+  offset = values[mask] - lo
+  # One sort of (value, 40 hash bits) keys counts the distinct classes.
+  keys = np.unique((offset.astype(np.uint64) << np.uint64(40)) | (hashes[mask] >> np.uint64(24)))
+  num_classes = np.bincount((keys >> np.uint64(40)).astype(np.int64), minlength=hi - lo + 1)
+  num_forms = np.bincount(offset, minlength=hi - lo + 1)
+  return {
+      lo + i: (int(num_classes[i]), int(num_forms[i]))
+      for i in np.flatnonzero(num_forms).tolist()
+  }
+
+
+def target_stats(digits) -> dict[int, tuple[int, int]]:
+  """{value: (num_solutions, num_forms)} for every value the digits reach."""
+  values, hashes = _tables(_check_digits(digits))
+  return range_stats(values, hashes, int(values.min()), int(values.max()))
+
+
+_SOLUTION_INDEX: dict[tuple[tuple[int, ...], int], tuple] = {}
+
+
+def _solution_index(
+    digits: tuple[int, ...], target: int, tabs=None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(rows, cols, class_starts) of the forms making `target`, class-sorted.
+
+  `tabs` is `_tables(digits)` when the caller has it. Form i is ``templates(n)[cols[i]].format(*orderings(digits)[rows[i]])``;
+  class c holds forms ``class_starts[c]:class_starts[c + 1]``. A few KB per
+  puzzle, so it is cached for fast `sample_form` calls during SFT.
+  """
+  key = (digits, target)
+  if key not in _SOLUTION_INDEX:
+    values, hashes = _tables(digits) if tabs is None else tabs
+    rows, cols = np.nonzero(values == target)
+    h = hashes[rows, cols]
+    order = np.argsort(h, kind="stable")
+    rows, cols, h = rows[order], cols[order], h[order]
+    starts = np.flatnonzero(np.r_[True, h[1:] != h[:-1]])
+    _SOLUTION_INDEX[key] = (
+        rows.astype(np.int32),
+        cols.astype(np.int32),
+        np.r_[starts, len(h)].astype(np.int32),
+    )
+  return _SOLUTION_INDEX[key]
+
+
+def _form(digits: tuple[int, ...], row: int, col: int) -> str:
+  return templates(len(digits))[col].format(*orderings(digits)[row].tolist())
+
+
+def solutions(digits, target: int) -> tuple[tuple[str, ...], ...]:
+  """The solutions of a puzzle: its forms grouped by solution class.
+
+  Classes and the forms within each are sorted, so the result is canonical.
+  Empty when `target` is unreachable.
+  """
+  digits = _check_digits(digits)
+  rows, cols, starts = _solution_index(digits, int(target))
+  groups = (
+      sorted(_form(digits, r, c) for r, c in zip(rows[a:b], cols[a:b]))
+      for a, b in zip(starts[:-1], starts[1:])
+  )
+  return tuple(sorted(tuple(g) for g in groups))
+
+
+def sample_form(digits, target: int, rng: np.random.Generator) -> str:
+  """A solution class uniformly at random, then one of its forms uniformly.
+
+  Raises:
+    ValueError: if no form of `digits` makes `target`.
+  """
+  digits = _check_digits(digits)
+  rows, cols, starts = _solution_index(digits, int(target))
+  if len(rows) == 0:
+    raise ValueError(f"digits {digits} cannot make {target}")
+  c = rng.integers(len(starts) - 1)
+  i = rng.integers(starts[c], starts[c + 1])
+  return _form(digits, int(rows[i]), int(cols[i]))
+
+
+# Level edges in bits (see `level`): about a fifth of the default test split
+# falls in each level.
+_LEVEL_EDGES_BITS = (4.5, 6.0, 7.5, 9.0)
+
+
+def blind_bits(digits, num_forms: int) -> float:
+  """-log2 of the chance that a uniformly random form over `digits` is right.
+
+  The number of forms over the digits grows fast with their count (90 for
+  three distinct digits, 2232 for four, 77400 for five), so this combines
+  puzzle size and solution count in one difficulty scale.
+  """
+  digits = _check_digits(digits)
+  total = len(templates(len(digits))) * len(orderings(digits))
+  return float(np.log2(total / num_forms))
+
+
+def level(digits, num_forms: int) -> int:
+  """MATH-style difficulty 1..5 from `blind_bits`.
+
+  Levels start at 4.5, 6, 7.5 and 9 bits: e.g. 3 distinct digits with 4
+  right forms (out of 90) are level 1, 5 digits with 40 (of 77400) level 5.
+  """
+  bits = blind_bits(digits, num_forms)
+  return 1 + sum(bits >= e for e in _LEVEL_EDGES_BITS)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Puzzle:
+  """A countdown instance with its difficulty statistics."""
+
+  digits: tuple[int, ...]  # sorted
+  target: int
+  num_solutions: int
+  num_forms: int
+
+  @property
+  def level(self) -> int:
+    return level(self.digits, self.num_forms)
+
+
+_STATS: dict[tuple[tuple[int, ...], int, int], dict[int, tuple[int, int]]] = {}
+# Draws per round: bounds the memory of the value/hash tables in flight.
+_ROUND = 32
+
+
+def sample_puzzles(
+    rng: np.random.Generator,
+    num: int,
+    *,
+    num_digits: tuple[int, ...] = (3, 4, 5),
+    num_digits_weights: tuple[float, ...] | None = None,
+    digit_range: tuple[int, int] = (1, 9),
+    target_range: tuple[int, int] = (10, 99),
+    target_weighting: float = 0.0,
+    max_solutions: int | None = None,
+    exclude=frozenset(),
+) -> list[Puzzle]:
+  """Draws `num` distinct puzzles, none with a (digits, target) in `exclude`.
+
+  Each draw picks a size from `num_digits` (probabilities
+  `num_digits_weights`, default uniform), digits iid uniform in `digit_range`,
+  then a target among the reachable ones in `target_range` not yet used, with
+  probability proportional to ``num_solutions ** target_weighting`` (0: every
+  reachable target alike, which already spreads solution counts from 1 to
+  dozens; > 0 favours easy targets, < 0 hard ones). Targets with more than
+  `max_solutions` solutions are skipped. A draw whose multiset has no target
+  left is redrawn, so sizes whose puzzles run out become rarer.
+
+  Raises:
+    ValueError: on bad settings, or when the settings admit too few puzzles.
+  """
+  sizes = np.asarray(num_digits, np.int64)
+  if sizes.ndim != 1 or len(sizes) == 0:
+    raise ValueError(f"num_digits must be a non-empty tuple, got {num_digits}")
+  for n in sizes:
+    _check_num_digits(int(n))
+  p = np.ones(len(sizes)) if num_digits_weights is None else np.asarray(num_digits_weights, float)
+  if p.shape != sizes.shape or (p < 0).any() or p.sum() <= 0:
+    raise ValueError(
+        f"num_digits_weights {num_digits_weights} must be {len(sizes)}"
+        " non-negative numbers, not all 0"
+    )
+  p = p / p.sum()
+  dlo, dhi = digit_range
+  if not 0 <= dlo <= dhi <= 9:
+    raise ValueError(f"digit_range must satisfy 0 <= lo <= hi <= 9, got {digit_range}")
+  tlo, thi = (int(t) for t in target_range)
+  if tlo > thi:
+    raise ValueError(f"target_range must satisfy lo <= hi, got {target_range}")
+
+  used = set(exclude)
+  out: list[Puzzle] = []
+  max_draws, draws = 50 * num + 1000, 0
+  while len(out) < num:
+    if draws > max_draws:
+      raise ValueError(
+          f"only {len(out)} of {num} distinct countdown puzzles found in"
+          f" {draws} draws; widen target_range/digit_range/num_digits or ask"
+          " for fewer problems"
+      )
+    batch = []
+    for _ in range(_ROUND):
+      n = int(rng.choice(sizes, p=p))
+      batch.append(tuple(sorted(rng.integers(dlo, dhi + 1, size=n).tolist())))
+    draws += len(batch)
+    new = sorted({m for m in batch if (m, tlo, thi) not in _STATS})
+    tabs = dict(zip(new, tables(new)))
+    for m, (values, hashes) in tabs.items():
+      _STATS[m, tlo, thi] = range_stats(values, hashes, tlo, thi)
+    for m in batch:
+      stats = _STATS[m, tlo, thi]
+      cands = [
+          (t, c, f)
+          for t, (c, f) in stats.items()
+          if (m, t) not in used and (max_solutions is None or c <= max_solutions)
+      ]
+      if not cands:
+        continue
+      w = np.array([c for _, c, _ in cands], float) ** target_weighting
+      t, c, f = cands[int(rng.choice(len(cands), p=w / w.sum()))]
+      used.add((m, t))
+      if m in tabs:
+        _solution_index(m, t, tabs[m])
+      out.append(Puzzle(digits=m, target=t, num_solutions=c, num_forms=f))
+      if len(out) == num:
+        break
+  return out
+
+
+def prepare(puzzles) -> None:
+  """Indexes the solutions of many (digits, target) pairs in batched DPs.
+
+  `sample_form` on an unindexed puzzle recomputes its multiset's tables
+  (~5 ms for 5 digits); call this once on a training set instead.
+  """
+  todo = collections.defaultdict(set)
+  for digits, target in puzzles:
+    digits = _check_digits(digits)
+    if (digits, int(target)) not in _SOLUTION_INDEX:
+      todo[digits].add(int(target))
+  multisets = sorted(todo)
+  for i in range(0, len(multisets), _ROUND):
+    chunk = multisets[i : i + _ROUND]
+    for m, tabs in zip(chunk, tables(chunk)):
+      for t in sorted(todo[m]):
+        _solution_index(m, t, tabs)
