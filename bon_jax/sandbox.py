@@ -348,12 +348,17 @@ def _launch(
   workdir = None
   if not namespaces:
     workdir = tempfile.mkdtemp(prefix="bon_sandbox_")
+  max_procs = limits.max_procs
+  if uid is None:
+    # The caller's own uid: RLIMIT_NPROC counts its existing tasks too (and
+    # an exec over the limit fails), so allow max_procs on top of them.
+    max_procs += _count_tasks(os.geteuid())
   rlimits = [
       ("RLIMIT_CORE", 0, 0),
       ("RLIMIT_CPU", limits.cpu_s, limits.cpu_s + 1),
       ("RLIMIT_AS", limits.memory_bytes, limits.memory_bytes),
       ("RLIMIT_FSIZE", limits.file_bytes, limits.file_bytes),
-      ("RLIMIT_NPROC", limits.max_procs, limits.max_procs),
+      ("RLIMIT_NPROC", max_procs, max_procs),
       ("RLIMIT_NOFILE", 256, 256),
   ]
   status_r, status_w = os.pipe()
@@ -385,7 +390,7 @@ def _launch(
     os.close(status_w)
   try:
     try:
-      proc.stdin.write(source.encode())
+      proc.stdin.write(source.encode(errors="replace"))
       proc.stdin.close()
     except BrokenPipeError:
       pass  # the launcher failed early; its status says why
@@ -501,6 +506,17 @@ def _kill(proc: subprocess.Popen, uid: int | None) -> None:
         os.kill(pid, signal.SIGKILL)
     time.sleep(0.01)
   logging.warning("sandbox: processes of uid %d survived 100 kill passes", uid)
+
+
+def _count_tasks(uid: int) -> int:
+  """Processes and threads (what RLIMIT_NPROC counts) owned by `uid`."""
+  count = 0
+  for name in os.listdir("/proc"):
+    if name.isdigit():
+      with contextlib.suppress(OSError):
+        if os.stat(f"/proc/{name}").st_uid == uid:
+          count += len(os.listdir(f"/proc/{name}/task"))
+  return count
 
 
 def _zombie(pid: str) -> bool:
