@@ -59,7 +59,6 @@ import dataclasses
 import functools
 import json
 import os
-import resource
 import selectors
 import shutil
 import signal
