@@ -132,9 +132,10 @@ def build_task_tokenizer(
         minloglevel=2,
     )
   except RuntimeError as e:
+    reason = str(e).splitlines()[-1].rsplit("] ", 1)[-1]
     raise ValueError(
         f"sentencepiece could not train a {vocab_size}-piece model on"
-        f" {len(texts)} texts: {str(e).splitlines()[-1]}"
+        f" {len(texts)} texts: {reason}"
     ) from None
   return Tokenizer(out.getvalue())
 
@@ -159,10 +160,10 @@ def load_tokenizer(path: str, *, field: str = "tokenizer.path") -> Tokenizer:
 
 def rebuild_task_tokenizer() -> Tokenizer:
   """Retrains the embedded task's tokenizer from its pinned corpus (~3 s)."""
-  from bon_jax import tasks  # Only this needs the task generators.
+  from bon_jax.tasks import countdown  # Only this needs the task generators.
 
   return build_task_tokenizer(
-      tasks.tokenizer_corpus(), vocab_size=TASK_VOCAB_SIZE, seed=0
+      countdown.tokenizer_corpus(), vocab_size=TASK_VOCAB_SIZE, seed=0
   )
 
 
