@@ -106,14 +106,23 @@ def _tie_structure(scores: Array, valid: Array):
   For a valid sample, L = lo - n_invalid valid samples score strictly lower and
   U = hi - n_invalid score lower or equal (U - L = size of its tie group).
   """
-  shape = scores.shape
-  s = jnp.where(valid, scores, -jnp.inf).reshape(-1, shape[-1])
+  n = scores.shape[-1]
+  s = jnp.where(valid, scores, -jnp.inf)
   order = jnp.argsort(s, axis=-1, stable=True)
   srt = jnp.take_along_axis(s, order, axis=-1)
-  lo = jax.vmap(lambda a, v: jnp.searchsorted(a, v, side="left"))(srt, s)
-  hi = jax.vmap(lambda a, v: jnp.searchsorted(a, v, side="right"))(srt, s)
+  pos = jnp.broadcast_to(jnp.arange(n), s.shape)
+  # Runs of equal values in the sorted row: start = running max of the
+  # positions where a new value begins, end = reverse running min of ends.
+  new_run = jnp.concatenate([jnp.ones_like(srt[..., :1], bool), srt[..., 1:] != srt[..., :-1]], -1)
+  ends_run = jnp.concatenate([new_run[..., 1:], jnp.ones_like(new_run[..., :1])], -1)
+  start = jax.lax.cummax(jnp.where(new_run, pos, 0), axis=s.ndim - 1)
+  end = jax.lax.cummin(jnp.where(ends_run, pos + 1, n), axis=s.ndim - 1, reverse=True)
+  # Back to the original order: inverse permutation of `order`.
+  inverse = jnp.argsort(order, axis=-1)
+  lo = jnp.take_along_axis(start, inverse, axis=-1)
+  hi = jnp.take_along_axis(end, inverse, axis=-1)
   n_invalid = jnp.sum(~valid, axis=-1, keepdims=True)
-  return (lo.reshape(shape), hi.reshape(shape), order.reshape(shape), n_invalid)
+  return lo, hi, order, n_invalid
 
 
 def _group_sums(values: Array, order: Array, lo: Array, hi: Array) -> Array:
@@ -305,3 +314,583 @@ def maj_at_k(answers, correct, k: int) -> np.ndarray:
     per_class = np.array([wins[m] for m in counts.tolist()])
     out[row] = float(np.sum(class_acc * per_class)) / total
   return out.reshape(answers.shape[:-1])
+
+
+# ----------------------------------------------------------------------------
+# Exact BoN policy on a discrete candidate set, and the variational pieces.
+
+
+def bon_distribution(probs, scores, N: int) -> Array:
+  """Exact Best-of-N distribution over K discrete responses (ties uniform).
+
+  ``pi_bon(y) = [(a + b)^N - a^N] * pi(y) / b`` with ``a = P(r < r(y))`` and
+  ``b = P(r = r(y))`` under pi: the probability that the best score among N
+  draws is r(y), shared by the tied responses in proportion to pi. The power
+  difference is taken as ``a^N * expm1(N * log1p(b / a))`` to avoid
+  cancellation.
+
+  Args:
+    probs: float ``[..., K]`` the policy pi(.|x), summing to 1.
+    scores: float ``[..., K]`` verifier scores r(x, y).
+    N: number of draws, >= 1.
+
+  Returns:
+    float ``[..., K]`` pi_bon.
+
+  Example: ``bon_distribution([.5, .5], [0., 1.], 2) == [.25, .75]``.
+  """
+  if not isinstance(N, (int, np.integer)) or N < 1:
+    raise ValueError(f"N={N} must be an int >= 1.")
+  return _bon_distribution(_float(probs), _float(scores), int(N))
+
+
+@functools.partial(jax.jit, static_argnames=("N",))
+def _bon_distribution(probs, scores, N):
+  below = scores[..., None, :] < scores[..., :, None]  # [.., y, y']
+  equal = scores[..., None, :] == scores[..., :, None]
+  a = jnp.sum(jnp.where(below, probs[..., None, :], 0.0), axis=-1)
+  b = jnp.sum(jnp.where(equal, probs[..., None, :], 0.0), axis=-1)
+  a_safe = jnp.where(a > 0, a, 1.0)
+  b_safe = jnp.where(b > 0, b, 1.0)
+  diff = jnp.where(
+      a > 0,
+      jnp.exp(N * jnp.log(a_safe)) * jnp.expm1(N * jnp.log1p(b / a_safe)),
+      b**N,
+  )
+  return jnp.where(b > 0, diff * probs / b_safe, 0.0)
+
+
+def bon_value(probs, scores, rewards, N: int) -> Array:
+  """Exact value of Best-of-N, ``E_{y ~ pi_bon}[R(y)]``; float ``[...]``.
+
+  With ``scores == rewards`` binary this is pass@N = 1 - p^N.
+  """
+  return jnp.sum(bon_distribution(probs, scores, N) * _float(rewards), axis=-1)
+
+
+def win_rate(scores, mask=None) -> Array:
+  """Sample estimate of Q(y_i) = P_{y' ~ pi}(r(y_i) >= r(y')), ties count as wins.
+
+  Leave-one-out: ``Q_i = #{j != i : r_j <= r_i} / (n - 1)``, unbiased for
+  Q(y_i) given y_i since the other samples are iid draws of y'. O(n log n).
+  Rows with a single valid sample get 1; invalid samples get 0.
+
+  Args:
+    scores: float ``[..., n]`` verifier scores, finite.
+    mask: optional bool ``[..., n]``.
+
+  Returns:
+    float ``[..., n]``.
+  """
+  scores = _float(scores)
+  valid = _valid(mask, scores.shape)
+  _, hi, _, n_invalid = _tie_structure(scores, valid)
+  n = jnp.sum(valid, axis=-1, keepdims=True)
+  wins = _float(hi - n_invalid - 1)
+  q = jnp.where(n > 1, wins / jnp.maximum(n - 1, 1), 1.0)
+  return jnp.where(valid, q, 0.0)
+
+
+def tilted_kl(lam: float) -> float:
+  """KL(pi_lam || pi) of the tilt ``pi * exp(lam * Q) / Z`` when Q ~ U(0, 1).
+
+  Q is uniform under pi for continuous, tie-free scores, so the tilted density
+  of u = Q is ``lam e^{lam u} / (e^lam - 1)`` and
+  ``KL = lam / (1 - e^-lam) - 1 - log((e^lam - 1) / lam)`` (``~ lam^2 / 24``
+  near 0, ``~ log(lam) - 1`` for large lam).
+  """
+  lam = float(lam)
+  if lam < 0:
+    raise ValueError(f"lam={lam} must be >= 0.")
+  if lam < 1e-4:
+    return lam * lam / 24.0
+  one_minus = -math.expm1(-lam)
+  log_z = lam + math.log(one_minus) - math.log(lam)
+  return lam / one_minus - 1.0 - log_z
+
+
+@functools.lru_cache(maxsize=1024)
+def lambda_for_n(N: int) -> float:
+  """lambda_N of the variational BoN policy: the KL-matching rule.
+
+  Solves ``tilted_kl(lam) = log N - (N - 1) / N`` (the KL of the exact BoN
+  policy from pi for continuous scores, whose win rate has density
+  ``N u^(N-1)``) by bisection. lambda_1 = 0; lambda_N ~ N + 1 for large N.
+  This rule is ours, not the paper's (its rule was not available).
+
+  Example: ``lambda_for_n(1) == 0.0``; ``lambda_for_n(4) ~ 4.92``.
+  """
+  if not isinstance(N, (int, np.integer)) or N < 1:
+    raise ValueError(f"N={N} must be an int >= 1.")
+  target = math.log(N) - (N - 1) / N
+  if N == 1:
+    return 0.0
+  lo, hi = 0.0, 1.0
+  while tilted_kl(hi) < target:
+    hi *= 2.0
+  for _ in range(200):
+    mid = 0.5 * (lo + hi)
+    lo, hi = (mid, hi) if tilted_kl(mid) < target else (lo, mid)
+  return 0.5 * (lo + hi)
+
+
+# ----------------------------------------------------------------------------
+# Gradient weights. Each returns w: float[..., n] with
+#   E[sum_i w_i grad log pi(y_i|x)] = grad J(x)    (unbiased ones)
+# for the objective J in its docstring. Invalid (masked) samples get 0.
+
+
+def _prep(rewards, scores, mask):
+  rewards = _float(rewards)
+  if scores is None:
+    scores = rewards
+  scores = _float(scores)
+  if rewards.shape != scores.shape:
+    raise ValueError(f"rewards {rewards.shape} and scores {scores.shape} must have the same shape.")
+  valid = _valid(mask, rewards.shape)
+  return jnp.where(valid, rewards, 0.0), scores, valid
+
+
+def _subset_credit(rewards: Array, scores: Array, valid: Array, k: int, ties=None):
+  """Raw subset credit of Bo-k and the Bo-k U-statistic.
+
+  Returns:
+    credit: float[..., n], ``credit_i = C(n, k)^-1 sum_{|S|=k, S ∋ i} f(S)`` with
+      f(S) the tie-averaged reward of S's top-scored samples;
+    value: float[..., 1], the U-statistic ``C(n, k)^-1 sum_S f(S)``.
+  Both are 0 on rows with fewer than k valid samples (k = 0 gives 0, 0).
+
+  With L samples strictly below i's tie group G (size m, reward sum S_G) and
+  U = L + m, the subsets whose top group is a higher group G' contribute
+  ``Rbar_G' [C(U'-1, k-1) - C(L'-1, k-1)]`` (suffix sum over groups), those
+  whose top group is G contribute
+  ``(1/m) [A R_i + (B - A) (S_G - R_i) / (m - 1)]`` with
+  ``A = C(U, k) - C(L, k)`` and ``B = m C(U-1, k-1)`` (docs/ESTIMATORS.md).
+  """
+  n_max = rewards.shape[-1]
+  if k == 0:
+    zeros = jnp.zeros_like(rewards)
+    return zeros, zeros[..., :1]
+  lo, hi, order, n_invalid = _tie_structure(scores, valid) if ties is None else ties
+  n = jnp.sum(valid, axis=-1, keepdims=True)
+  low, up = lo - n_invalid, hi - n_invalid
+  m = _float(jnp.maximum(up - low, 1))
+  group_sum = _group_sums(rewards, order, lo, hi)
+  # C(., k-1) / C(n, k) = [C(., k-1) / C(n, k-1)] * k / (n - k + 1).
+  to_k = k / _float(jnp.maximum(n - k + 1, 1))
+  higher = (_comb_ratio(up - 1, n, k - 1, n_max) - _comb_ratio(low - 1, n, k - 1, n_max)) * to_k
+  # Terms for subsets topped by a strictly higher group: suffix sums of q.
+  q = rewards * higher / m
+  q_sorted = jnp.take_along_axis(q, order, axis=-1)
+  prefix = jnp.concatenate([jnp.zeros_like(q_sorted[..., :1]), jnp.cumsum(q_sorted, axis=-1)], axis=-1)
+  from_higher = prefix[..., -1:] - jnp.take_along_axis(prefix, hi, axis=-1)
+  # Subsets topped by i's own group.
+  a_term = _comb_ratio(up, n, k, n_max) - _comb_ratio(low, n, k, n_max)
+  b_term = m * _comb_ratio(up - 1, n, k - 1, n_max) * to_k
+  shared = jnp.where(m > 1, (b_term - a_term) * (group_sum - rewards) / jnp.maximum(m - 1, 1), 0.0)
+  from_own = (a_term * rewards + shared) / m
+  ok = valid & (n >= k)
+  credit = jnp.where(ok, from_higher + from_own, 0.0)
+  value = jnp.sum(jnp.where(ok, a_term / m * rewards, 0.0), axis=-1, keepdims=True)
+  return credit, value
+
+
+def best_of_k_weights(rewards, scores=None, mask=None, *, k: int, baseline: bool = True) -> Array:
+  """Unbiased subset gradient weights for Bo-k from n >= k samples.
+
+  Objective: ``J_k(pi) = E_{y_1..k ~ pi}[R(y_sel)]``, y_sel the top-scored draw
+  (ties uniform). With ``baseline=False``, ``w_i = C(n,k)^-1 sum_{S ∋ i} f(S)``
+  (every k-subset's BoN reward credited to its members). With the leave-one-out
+  baseline (default) ``w_i = U_k(y_1..n) - U_k(y_-i)``, the Bo-k U-statistic
+  minus the same statistic without sample i (for n = k: minus Bo-(k-1) of the
+  other samples); both baselines are independent of y_i, so it stays unbiased,
+  and the weights sum to 0 when n > k. k = 1 gives RLOO. Closed form in
+  O(n log n); rows with fewer than k valid samples get 0.
+
+  Args:
+    rewards: float ``[..., n]`` R(y_i).
+    scores: float ``[..., n]`` verifier scores r(y_i); None means rewards
+      (then this is max@k, or pass@k for binary rewards).
+    mask: optional bool ``[..., n]``, true where a sample exists.
+    k: subset size (the inference-time N), 1 <= k <= n.
+    baseline: subtract the leave-one-out baseline.
+
+  Returns:
+    float ``[..., n]``.
+
+  Example: ``best_of_k_weights(R, r, k=4)`` on ``[B, 16]`` samples.
+  """
+  rewards, scores, valid = _prep(rewards, scores, mask)
+  _check_k(k, rewards.shape[-1])
+  return _best_of_k_weights(rewards, scores, valid, k, baseline)
+
+
+@functools.partial(jax.jit, static_argnames=("k", "baseline"))
+def _best_of_k_weights(rewards, scores, valid, k, baseline):
+  ties = _tie_structure(scores, valid)
+  credit, value = _subset_credit(rewards, scores, valid, k, ties)
+  if not baseline:
+    return credit
+  n = _float(jnp.sum(valid, axis=-1, keepdims=True))
+  # n > k: U - U_-i = (n credit - k U) / (n - k)   (sum_{S not∋ i} = total - sum_{S∋i}).
+  loo = (n * credit - k * value) / jnp.maximum(n - k, 1.0)
+  # n = k: f(all) - Bo-(k-1)(others), Bo-(k-1)(others) = n (U_{k-1} - credit_{k-1}).
+  credit_m1, value_m1 = _subset_credit(rewards, scores, valid, k - 1, ties)
+  at_n = value - n * (value_m1 - credit_m1)
+  w = jnp.where(n > k, loo, at_n)
+  return jnp.where(valid & (n >= k), w, 0.0)
+
+
+def pass_at_k_weights(rewards, scores=None, mask=None, *, k: int, baseline: bool = True) -> Array:
+  """Unbiased subset gradient weights for pass@k (binary rewards).
+
+  Objective: ``pass@k = 1 - p^k``, p = P_pi(R = 0). It is Bo-k with the reward
+  as its own verifier: ``best_of_k_weights(correct, correct, k=k)``; see there
+  for the estimator. ``scores`` is ignored. k = 1 gives RLOO.
+  """
+  del scores
+  correct = _float(jnp.asarray(rewards) > 0.5)
+  return best_of_k_weights(correct, correct, mask, k=k, baseline=baseline)
+
+
+def max_at_k_weights(rewards, scores=None, mask=None, *, k: int, baseline: bool = True) -> Array:
+  """Unbiased subset gradient weights for max@k (continuous rewards).
+
+  Objective: ``E_{y_1..k ~ pi}[max_j R(y_j)]``; ``best_of_k_weights(R, R, k=k)``.
+  ``scores`` is ignored.
+  """
+  del scores
+  return best_of_k_weights(rewards, rewards, mask, k=k, baseline=baseline)
+
+
+def maj_at_k_weights(rewards, scores=None, mask=None, *, k: int, answers) -> np.ndarray:
+  """Unbiased subset gradient weights for maj@k (host-side numpy, not jit-able).
+
+  Objective: ``E_{y_1..k ~ pi}[correct(majority answer)]`` (ties uniform,
+  negative answer ids abstain), as in `maj_at_k`. Weights are the leave-one-out
+  differences ``w_i = maj@k(y_1..n) - maj@k(y_-i)`` (n = k: minus
+  maj@(k-1) of the others), i.e. the subset credit minus an independent
+  baseline, so unbiased. Cost: n + 1 exact maj@k evaluations per prompt.
+
+  Args:
+    rewards: 0/1 ``[..., n]`` correctness of each sample.
+    scores: ignored.
+    mask: optional bool ``[..., n]``.
+    k: 1 <= k <= n.
+    answers: int ``[..., n]`` answer class ids (see `maj_at_k`).
+
+  Returns:
+    float64 ``[..., n]``.
+  """
+  del scores
+  correct = np.asarray(rewards, dtype=np.float64)
+  answers = np.asarray(answers)
+  if answers.shape != correct.shape:
+    raise ValueError(f"answers {answers.shape} and rewards {correct.shape} must have the same shape.")
+  n = correct.shape[-1]
+  _check_k(k, n)
+  valid = np.ones(correct.shape, bool) if mask is None else np.asarray(mask, bool)
+  flat_a, flat_c, flat_v = answers.reshape(-1, n), correct.reshape(-1, n), valid.reshape(-1, n)
+  out = np.zeros(flat_a.shape)
+  for row in range(flat_a.shape[0]):
+    idx = np.flatnonzero(flat_v[row])
+    a, c = flat_a[row, idx], flat_c[row, idx]
+    nv = idx.size
+    if nv < k:
+      continue
+    total = float(maj_at_k(a, c, k))
+    for pos, i in enumerate(idx):
+      keep = np.arange(nv) != pos
+      k_rest = k if nv > k else k - 1
+      rest = float(maj_at_k(a[keep], c[keep], k_rest)) if k_rest >= 1 else 0.0
+      out[row, i] = total - rest
+  return out.reshape(correct.shape)
+
+
+def rloo_weights(rewards, scores=None, mask=None) -> Array:
+  """REINFORCE with a leave-one-out baseline (RLOO): standard RL, N' = 1.
+
+  Objective: ``E_{y ~ pi}[R(y)]``. ``w_i = (R_i - mean_{j != i} R_j) / n``
+  (unbiased); a single sample gets ``w = R`` (no baseline available).
+  ``scores`` is ignored.
+  """
+  del scores
+  rewards, _, valid = _prep(rewards, None, mask)
+  n = _float(jnp.sum(valid, axis=-1, keepdims=True))
+  others = (jnp.sum(rewards, axis=-1, keepdims=True) - rewards) / jnp.maximum(n - 1, 1.0)
+  w = jnp.where(n > 1, (rewards - others) / jnp.maximum(n, 1.0), rewards)
+  return jnp.where(valid, w, 0.0)
+
+
+def grpo_weights(rewards, scores=None, mask=None, *, eps: float = 1e-6) -> Array:
+  """GRPO-style normalised advantages: ``(R_i - mean R) / (std R + eps) / n``.
+
+  Objective (heuristic): ``E_{y ~ pi}[R(y)]`` per prompt, rescaled by
+  1 / std(R) of the group. Biased (the mean includes y_i and the std is
+  estimated from the same samples); the per-prompt direction agrees with RLOO's
+  (each weight is RLOO's times ``(n - 1) / n / (std + eps)``); constant
+  groups get 0. ``scores`` is ignored.
+  """
+  del scores
+  rewards, _, valid = _prep(rewards, None, mask)
+  n = _float(jnp.sum(valid, axis=-1, keepdims=True))
+  mean = jnp.sum(rewards, axis=-1, keepdims=True) / jnp.maximum(n, 1.0)
+  var = jnp.sum(jnp.where(valid, (rewards - mean) ** 2, 0.0), axis=-1, keepdims=True) / jnp.maximum(n, 1.0)
+  w = (rewards - mean) / (jnp.sqrt(var) + eps) / jnp.maximum(n, 1.0)
+  return jnp.where(valid, w, 0.0)
+
+
+def sft_weights(rewards=None, scores=None, mask=None) -> Array:
+  """Supervised fine-tuning on expert demonstrations: ``w_i = 1 / n``.
+
+  Objective: ``mean_i log pi(y*_i | x)`` over the n demonstrations of a prompt.
+  ``rewards`` only gives the shape; ``scores`` is ignored.
+  """
+  del scores
+  shape = jnp.shape(rewards)
+  valid = _valid(mask, shape)
+  n = _float(jnp.sum(valid, axis=-1, keepdims=True))
+  return jnp.where(valid, 1.0 / jnp.maximum(n, 1.0), 0.0)
+
+
+def bon_rl_weights(rewards, scores=None, mask=None, *, N: int) -> Array:
+  """BoN-RL as in the paper: REINFORCE on disjoint groups of N draws.
+
+  Objective: ``J(pi) = E_{y_1..N ~ pi}[R(y_sel)]`` = Bo-N with the verifier
+  ``scores`` (BoN-RL-V) or the reward itself (BoN-RL-S, pass@N for binary R).
+  The n samples are split in G = n / N consecutive groups; every member of
+  group g is credited with the group's BoN reward f_g (tie-averaged), i.e. the
+  exact gradient ``E[R(y_sel) sum_i grad log pi(y_i)]`` (all N draws, not only
+  the selected one, which would be biased). Baseline: the mean f of the other
+  groups (G >= 2), or Bo-(N-1) of the other members (G = 1). Unbiased.
+  ``w_i = (f_g - b_g) / G``. A group counts only if all its members are valid.
+  N = 1 gives RLOO. Compare `best_of_k_weights` (all C(n, N) subsets).
+
+  Args:
+    rewards, scores, mask: ``[..., n]`` with n a multiple of N.
+    N: inference-time number of samples.
+  """
+  rewards, scores, valid = _prep(rewards, scores, mask)
+  n = rewards.shape[-1]
+  _check_k(N, n, "N")
+  if n % N:
+    raise ValueError(f"n={n} samples must be a multiple of N={N} for group BoN-RL.")
+  return _bon_rl_weights(rewards, scores, valid, N)
+
+
+@functools.partial(jax.jit, static_argnames=("N",))
+def _bon_rl_weights(rewards, scores, valid, N):
+  shape = rewards.shape
+  grouped = lambda x: x.reshape(*shape[:-1], shape[-1] // N, N)
+  r, s, v = grouped(rewards), grouped(scores), grouped(valid)
+  group_ok = jnp.all(v, axis=-1, keepdims=True)  # [..., G, 1]
+  f = jnp.sum(_selection_probs(s, v, N) * r, axis=-1, keepdims=True)
+  f = jnp.where(group_ok, f, 0.0)
+  g = _float(jnp.sum(group_ok, axis=-2, keepdims=True))  # [..., 1, 1]
+  base = (jnp.sum(f, axis=-2, keepdims=True) - f) / jnp.maximum(g - 1, 1.0)
+  many = jnp.broadcast_to((f - base) / jnp.maximum(g, 1.0), r.shape)
+  single = _best_of_k_weights(r, s, v, N, True)  # = f - Bo-(N-1)(others)
+  w = jnp.where(g > 1, many, single)
+  return jnp.where(group_ok & v, w, 0.0).reshape(shape)
+
+
+def bon_rl_v_weights(rewards, scores, mask=None, *, N: int) -> Array:
+  """BoN-RL-V: `bon_rl_weights` with a separate verifier ``scores``."""
+  return bon_rl_weights(rewards, scores, mask, N=N)
+
+
+def bon_rl_s_weights(rewards, scores=None, mask=None, *, N: int) -> Array:
+  """BoN-RL-S: `bon_rl_weights` selecting with the reward (pass@N if binary)."""
+  del scores
+  return bon_rl_weights(rewards, rewards, mask, N=N)
+
+
+def bon_rlb_gains(p_fail, N: int, max_gain: float | None = None):
+  """The reported BoN-RLB gains at failure probability p, stable and bounded.
+
+  ``g+ = N p^(N-1) / (1 - p^N)``, ``g- = N p / (1 - p)`` and
+  ``gbar+ = N p^(N-1) (1 - p) / (1 - p^N)`` (in [0, 1]; -> 1 as p -> 1),
+  computed in log space (``expm1``/``log1p``). g+ ~ 1 / (1 - p) and
+  g- ~ N / (1 - p) explode as p -> 1 (at p = 1 they are infinite), so both are
+  clipped at ``max_gain`` (default ``10 N``).
+
+  Args:
+    p_fail: float ``[...]`` in [0, 1].
+    N: inference-time number of samples.
+    max_gain: bound on g+ and g-.
+
+  Returns:
+    (g_plus, g_minus, gbar_plus, clipped): float ``[...]`` x 3 and bool
+    ``[...]`` (true where g+ or g- hit the bound; report its mean).
+  """
+  _check_k(N, N, "N")
+  max_gain = 10.0 * N if max_gain is None else float(max_gain)
+  p = jnp.clip(_float(p_fail), 0.0, 1.0)
+  tiny = jnp.finfo(p.dtype).eps
+  p_safe = jnp.minimum(p, 1.0 - tiny)
+  log_p = jnp.log(jnp.maximum(p_safe, jnp.finfo(p.dtype).tiny))
+  log_p = jnp.where(p_safe > 0, log_p, -jnp.inf)
+  pow_nm1 = jnp.ones_like(p) if N == 1 else jnp.exp((N - 1) * log_p)
+  one_minus_pn = -jnp.expm1(N * log_p)
+  g_plus_raw = N * pow_nm1 / one_minus_pn
+  g_minus_raw = N * p_safe / (1.0 - p_safe)
+  # gbar+ -> 1 at p = 1 (limit), no clipping needed.
+  gbar = jnp.where(p < 1.0, N * pow_nm1 * (1.0 - p_safe) / one_minus_pn, 1.0)
+  clipped = (g_plus_raw > max_gain) | (g_minus_raw > max_gain)
+  return jnp.minimum(g_plus_raw, max_gain), jnp.minimum(g_minus_raw, max_gain), gbar, clipped
+
+
+def _fail_fraction(correct, valid, p_fail):
+  if p_fail is not None:
+    return _float(p_fail)[..., None]
+  n = _float(jnp.sum(valid, axis=-1, keepdims=True))
+  return 1.0 - jnp.sum(jnp.where(valid, correct, 0.0), axis=-1, keepdims=True) / jnp.maximum(n, 1.0)
+
+
+def bon_rlb_weights(rewards, scores=None, mask=None, *, N: int, max_gain: float | None = None,
+                    p_fail=None) -> Array:
+  """BoN-RLB, the paper's binary-reward closed form *(reported)*.
+
+  Targets pass@N = 1 - p^N. ``w_i = [R_i g+(p) - (1 - R_i) g-(p)] / n`` with
+  the reported gains (`bon_rlb_gains`, clipped at ``max_gain``) and p the
+  failure fraction of the group (or ``p_fail``, float ``[...]``, if given).
+  Not unbiased: with the true p its expectation is
+  ``(g+ + g-) * grad(1 - p)``, while ``grad pass@N = N p^(N-1) grad(1 - p)``:
+  the same direction per prompt, weighted across prompts by
+  ``1/(1 - p^N) + p^(2-N)/(1 - p)`` times the exact scale, and at N = 1 it is
+  ``(1 + p)/(1 - p)`` times REINFORCE rather than REINFORCE
+  (docs/ESTIMATORS.md). The unbiased alternative is `pass_at_k_weights`.
+  ``scores`` is ignored; rewards are thresholded at 0.5.
+  """
+  del scores
+  correct = _float(jnp.asarray(rewards) > 0.5)
+  valid = _valid(mask, correct.shape)
+  _check_k(N, N, "N")
+  p_fail = None if p_fail is None else _float(p_fail)
+  return _bon_rlb_weights(correct, valid, p_fail, N, max_gain)
+
+
+@functools.partial(jax.jit, static_argnames=("N", "max_gain"))
+def _bon_rlb_weights(correct, valid, p_fail, N, max_gain):
+  p = _fail_fraction(correct, valid, p_fail)
+  g_plus, g_minus, _, _ = bon_rlb_gains(p, N, max_gain)
+  n = _float(jnp.sum(valid, axis=-1, keepdims=True))
+  w = (correct * g_plus - (1.0 - correct) * g_minus) / jnp.maximum(n, 1.0)
+  return jnp.where(valid, w, 0.0)
+
+
+def bon_rlb_p_weights(rewards, scores=None, mask=None, *, N: int, p_fail=None) -> Array:
+  """BoN-RLB(P): positive samples only, ``w_i = R_i gbar+(p) / n`` *(reported)*.
+
+  Targets pass@N. With samples drawn from pi_bon and the true p this is exact:
+  ``E_{pi_bon}[R gbar+ grad log pi] = grad(1 - p^N)``. On samples from pi (the
+  usual case) its expectation is ``gbar+(p) grad(1 - p)``, i.e.
+  ``(1 - p) / (1 - p^N)`` times grad pass@N: right direction, prompts
+  re-weighted. p is the group's failure fraction unless ``p_fail`` is given.
+  gbar+ <= 1, so no clipping is needed. ``scores`` is ignored.
+  """
+  del scores
+  correct = _float(jnp.asarray(rewards) > 0.5)
+  valid = _valid(mask, correct.shape)
+  _check_k(N, N, "N")
+  p_fail = None if p_fail is None else _float(p_fail)
+  return _bon_rlb_p_weights(correct, valid, p_fail, N)
+
+
+@functools.partial(jax.jit, static_argnames=("N",))
+def _bon_rlb_p_weights(correct, valid, p_fail, N):
+  p = _fail_fraction(correct, valid, p_fail)
+  _, _, gbar, _ = bon_rlb_gains(p, N)
+  n = _float(jnp.sum(valid, axis=-1, keepdims=True))
+  return jnp.where(valid, correct * gbar / jnp.maximum(n, 1.0), 0.0)
+
+
+def bon_sft_weights(rewards=None, scores=None, mask=None, *, N: int, lam: float | None = None) -> Array:
+  """BoN-SFT: imitation of an expert by the variational BoN policy.
+
+  Objective: ``log pi_lam(y*|x)`` with ``pi_lam = pi exp(lam Q_pi) / Z``, whose
+  gradient is ``grad log pi(y*) + lam grad Q(y*) - grad log Z``, where
+  ``grad Q(y*) = E_{y'~pi}[1{r* >= r(y')} grad log pi(y')]`` and
+  ``grad log Z = E_{y~pi_lam}[grad log pi(y) + lam grad Q(y)]``.
+
+  Input convention: along the sample axis, column 0 is the expert
+  demonstration y* (its score r*), columns 1..n-1 are m = n - 1 samples from
+  pi. Weights: ``w_0 = 1`` and, for policy samples,
+  ``w_l = (lam/m) 1{r* >= r_l} - rho_l - (lam/(m-1)) sum_{j != l} rho_j 1{r_j >= r_l}``
+  with ``rho = softmax(lam * win_rate)`` the self-normalised weights of pi_lam.
+  A deliberate approximation (Q and Z estimated from the same m samples):
+  consistent as m grows; at N = 1 (lam = 0) it is SFT plus a zero-mean control
+  variate (-1/m on each policy sample), exactly unbiased.
+
+  Args:
+    rewards: unused except for the shape (may be the scores).
+    scores: float ``[..., n]`` verifier scores, expert first.
+    mask: optional bool ``[..., n]``; the expert column must be valid.
+    N: inference-time number of samples; lam defaults to `lambda_for_n(N)`.
+  """
+  if scores is None:
+    scores = rewards
+  scores = _float(scores)
+  if scores.shape[-1] < 2:
+    raise ValueError("BoN-SFT needs n >= 2 samples per prompt: the expert in column 0, then policy samples.")
+  lam = lambda_for_n(N) if lam is None else float(lam)
+  return _bon_sft_weights(scores, _valid(mask, scores.shape), lam)
+
+
+@functools.partial(jax.jit, static_argnames=("lam",))
+def _bon_sft_weights(scores, valid, lam):
+  pol_s, pol_v = scores[..., 1:], valid[..., 1:]
+  m = _float(jnp.sum(pol_v, axis=-1, keepdims=True))
+  q = win_rate(pol_s, pol_v)
+  logits = jnp.where(pol_v, lam * q, -jnp.inf)
+  rho = jnp.where(pol_v, jax.nn.softmax(logits, axis=-1), 0.0)
+  rho = jnp.nan_to_num(rho)  # rows without policy samples
+  beats = pol_s[..., :, None] >= pol_s[..., None, :]  # [.., j, l]: r_j >= r_l
+  beats = beats & pol_v[..., :, None] & pol_v[..., None, :]
+  beats = beats & ~jnp.eye(pol_s.shape[-1], dtype=bool)
+  pushed = jnp.sum(rho[..., :, None] * beats, axis=-2)
+  expert_beats = (scores[..., :1] >= pol_s) & pol_v
+  w_pol = lam / jnp.maximum(m, 1.0) * expert_beats - rho - lam / jnp.maximum(m - 1, 1.0) * pushed
+  w_pol = jnp.where(pol_v, w_pol, 0.0)
+  w_exp = jnp.where(valid[..., :1], 1.0, 0.0)
+  return jnp.concatenate([w_exp, w_pol], axis=-1)
+
+
+# ----------------------------------------------------------------------------
+# Registry.
+
+WEIGHT_FNS: dict[str, Callable[..., Any]] = {
+    "sft": sft_weights,
+    "rloo": rloo_weights,
+    "grpo": grpo_weights,
+    "bon_sft": bon_sft_weights,
+    "bon_rl_v": bon_rl_v_weights,
+    "bon_rl_s": bon_rl_s_weights,
+    "bon_rlb": bon_rlb_weights,
+    "bon_rlb_p": bon_rlb_p_weights,
+    "best_of_k": best_of_k_weights,
+    "pass_at_k": pass_at_k_weights,
+    "max_at_k": max_at_k_weights,
+    "maj_at_k": maj_at_k_weights,
+}
+
+
+def weights_fn(name: str, **hparams) -> Callable[..., Any]:
+  """The weight function called ``name`` with its hyper-parameters bound.
+
+  Returns ``fn(rewards, scores=None, mask=None, **inputs) -> float[..., n]``
+  (``inputs``: ``answers=`` for maj_at_k, ``p_fail=`` for bon_rlb*).
+  Hyper-parameters: ``N`` for bon_*, ``k`` for the subset estimators
+  (``N`` is accepted as an alias of ``k``), ``baseline``, ``max_gain``,
+  ``lam``, ``eps``.
+
+  Example: ``w = weights_fn("bon_rl_v", N=4)(rewards, scores, mask)``.
+  """
+  if name not in WEIGHT_FNS:
+    raise ValueError(f"Unknown weight function {name!r}; valid names: {', '.join(sorted(WEIGHT_FNS))}.")
+  fn = WEIGHT_FNS[name]
+  if name in ("best_of_k", "pass_at_k", "max_at_k", "maj_at_k") and "N" in hparams:
+    hparams["k"] = hparams.pop("N")
+  if name in ("sft", "rloo", "grpo"):
+    hparams.pop("N", None)
+  return functools.partial(fn, **hparams)

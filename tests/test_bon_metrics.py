@@ -13,7 +13,7 @@ from jax.experimental import enable_x64
 
 from bon_jax import bon
 
-SETTINGS = hypothesis.settings(max_examples=40, deadline=None, derandomize=True)
+SETTINGS = hypothesis.settings(max_examples=30, deadline=None, derandomize=True)
 
 
 def _subset_mean(n, k, f):
@@ -40,8 +40,9 @@ def _maj_subset(answers, correct, s):
 
 
 @st.composite
-def _groups(draw, max_n=7):
-  n = draw(st.integers(1, max_n))
+def _groups(draw):
+  # Two group sizes only: each (n, k) is one XLA compilation.
+  n = draw(st.sampled_from([3, 6]))
   k = draw(st.integers(1, n))
   # Few distinct values so that ties are common.
   rewards = draw(hnp.arrays(np.float64, n, elements=st.sampled_from([0.0, 0.5, 1.0, 2.0])))
