@@ -210,8 +210,8 @@ def test_answer_key_is_the_value_of_any_well_formed_expression():
   assert countdown.answer_key(P, r"\boxed{4*(9+7)-3}") == "61"
   assert countdown.answer_key(P, r"\boxed{7*9-3}") is None  # wrong digits
   assert countdown.answer_key(P, "no box") is None
-  keys = {countdown.answer_key(P, rf"\boxed{{{f}}}") for cls in countdown.solutions(P.digits, 60) for f in cls}
-  assert keys == {"60"}
+  forms = [f for cls in countdown.solutions(P.digits, 60) for f in cls]
+  assert {countdown.answer_key(P, rf"\boxed{{{f}}}") for f in forms} == {"60"}
 
 
 @pytest.fixture(scope="module")
@@ -322,8 +322,9 @@ def test_task_knobs_shape_the_puzzles():
       seed=0, num_train=80, num_test=0, num_digits=(4,), target_range=(50, 60), max_solutions=2
   )
   assert all(len(p.digits) == 4 and 50 <= p.target <= 60 and p.num_solutions <= 2 for p in train)
-  easy = countdown.make_splits(seed=0, num_train=150, num_test=0, num_digits=(5,), target_weighting=2.0)[0]
-  hard = countdown.make_splits(seed=0, num_train=150, num_test=0, num_digits=(5,), target_weighting=-2.0)[0]
+  kw = dict(seed=0, num_train=150, num_test=0, num_digits=(5,))
+  easy, _ = countdown.make_splits(target_weighting=2.0, **kw)
+  hard, _ = countdown.make_splits(target_weighting=-2.0, **kw)
   assert np.median([p.num_solutions for p in easy]) > 2 * np.median([p.num_solutions for p in hard])
 
 
