@@ -337,6 +337,7 @@ def test_task_knobs_shape_the_puzzles():
         dict(digit_range=(0, 10)),
         dict(target_range=(50, 10)),
         dict(num_digits=(3, 4), num_digits_weights=(1.0,)),
+        dict(num_digit=(3, 4)),  # a typo
     ],
 )
 def test_bad_task_settings_raise_value_error(kwargs):

@@ -844,6 +844,10 @@ def make_splits(
   """
   if num_train < 0 or num_test < 0:
     raise ValueError(f"split sizes must be >= 0, got {num_train}, {num_test}")
+  known = {f.name for f in dataclasses.fields(TaskConfig)}
+  unknown = sorted(set(task_kwargs) - known)
+  if unknown:
+    raise ValueError(f"unknown task settings {unknown}; choose from {sorted(known)}")
   cfg = TaskConfig(**task_kwargs)
   test_rng, train_rng, ref_rng = (
       np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3)
