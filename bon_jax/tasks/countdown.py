@@ -21,6 +21,10 @@ spaces, ``×``/``\\times``/``−``), not only forms. All forms of a multiset are
 enumerated by a vectorised interval DP over bracket templates, evaluated for
 every ordering of the digits at once, with hashed solution classes.
 
+The task API used by training and evaluation (`Problem`, `make_splits`,
+`prompt_text`, `sft_targets`, `grade`, `answer_key`, `describe`) closes the
+module; `bon_jax.tasks` re-exports it.
+
 Example::
 
   digits_value("(3+4)*9 - 7", (3, 4, 7, 9))   # 56; None if the digits differ
