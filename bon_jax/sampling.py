@@ -39,6 +39,8 @@ import flax
 import jax
 import jax.numpy as jnp
 from gemma import gm
+from gemma.gm.math import _positional_embeddings as gemma_rope
+from gemma.gm.nn import _modules as gemma_modules
 
 from bon_jax import models
 
@@ -169,34 +171,34 @@ def _sample(
   b, p = prompts.shape
   n, t_max = num_samples, max_new_tokens
   rows = b * n
-  # Slots [0, P) hold the padded prompt, slot P + t the input of step t + 1.
-  cache_len = p + t_max - 1
-
   valid = prompts != models.PAD_ID
   prompt_len = jnp.sum(valid, axis=-1)  # [B]
   dtype = jax.tree.leaves(params)[0].dtype
-  cache = model.config.init_cache(
-      batch_size=b, dtype=dtype, cache_length=cache_len
-  )
+
+  # Prefill once per prompt with gemma's Transformer and KV cache; the logits
+  # of the last real prompt token give the first generated token.
   causal = jnp.tril(jnp.ones((p, p), jnp.bool_))
-  mask = jnp.pad(
-      causal[None] & valid[:, None, :], ((0, 0), (0, 0), (0, t_max - 1))
-  )  # [B, P, cache_len]
-  # Prefill once per prompt; the logits of the last real prompt token give
-  # the first generated token.
   out = model.apply(
       {"params": params},
       prompts,
-      cache=cache,
+      cache=model.config.init_cache(batch_size=b, dtype=dtype, cache_length=p),
       positions=jnp.maximum(jnp.cumsum(valid, axis=-1) - 1, 0),
-      attention_mask=mask,
+      attention_mask=causal[None] & valid[:, None, :],
       return_last_only=True,
   )
-
-  # Share the prompt among its samples: rows are (prompt, sample) pairs.
-  cache = jax.tree.map(lambda x: jnp.repeat(x, n, axis=0), out.cache)
+  # The prompt's keys/values stay one copy per prompt, [B, K, P, H] (the
+  # layout the decode-step matmuls read without a transpose); each sample
+  # only owns the keys/values of its own tokens, [R, K, S, H].
+  to_bkph = lambda x: x.transpose(0, 2, 1, 3)
+  prompt_kv = [
+      (to_bkph(out.cache[name]["k"]), to_bkph(out.cache[name]["v"]))
+      for name in sorted(out.cache, key=lambda k: int(k.split("_")[-1]))
+  ]
+  suffix_len = max(t_max - 1, 1)
+  c = model.config
+  zeros = jnp.zeros((rows, c.num_kv_heads, suffix_len, c.head_dim), dtype)
+  suffix_kv = [(zeros, zeros) for _ in prompt_kv]
   logits = jnp.repeat(out.logits, n, axis=0)
-  row_len = jnp.repeat(prompt_len, n)  # [R]
   keys = jax.vmap(lambda i: jax.random.split(jax.random.fold_in(rng, i), n))(
       jnp.arange(b)
   ).reshape(rows)
@@ -219,36 +221,30 @@ def _sample(
       done = done | (tok == eos_id)
     return tok, done, tokens, lp, lp1
 
-  slots = jnp.arange(cache_len)
-  prompt_slots = slots[None, :] < row_len[:, None]  # [R, cache_len]
-
   def cond(state):
     t, _, done, *_ = state
     return (t < t_max) & ~jnp.all(done)
 
   def body(state):
-    t, tok, done, tokens, lp, lp1, cache = state
-    # Input token t - 1 sits in slot P + t - 1 at position len + t - 1.
-    slot = p + t - 1
-    step_mask = prompt_slots | ((slots >= p) & (slots <= slot))[None, :]
-    out = model.apply(
+    t, tok, done, tokens, lp, lp1, suffix_kv = state
+    # Input token t - 1 goes to suffix slot t - 1.
+    logits, suffix_kv = model.apply(
         {"params": params},
-        tok[:, None],
-        cache=cache,
-        positions=(row_len + t - 1)[:, None],
-        attention_mask=step_mask[:, None, :],
-        return_last_only=True,
+        tok,
+        t - 1,
+        prompt_kv,
+        suffix_kv,
+        prompt_len,
+        method=_decode_step,
     )
-    tok, done, tokens, lp, lp1 = emit(
-        t, out.logits, done, tokens, lp, lp1
-    )
-    return t + 1, tok, done, tokens, lp, lp1, out.cache
+    tok, done, tokens, lp, lp1 = emit(t, logits, done, tokens, lp, lp1)
+    return t + 1, tok, done, tokens, lp, lp1, suffix_kv
 
   done = jnp.zeros((rows,), jnp.bool_)
   tok, done, tokens, lp, lp1 = emit(
       0, logits, done, buf(jnp.int32), buf(jnp.float32), buf(jnp.float32)
   )
-  state = (jnp.asarray(1), tok, done, tokens, lp, lp1, cache)
+  state = (jnp.asarray(1), tok, done, tokens, lp, lp1, suffix_kv)
   _, _, done, tokens, lp, lp1, _ = jax.lax.while_loop(cond, body, state)
 
   emitted = (tokens != models.PAD_ID).sum(axis=-1).astype(jnp.int32)
@@ -260,6 +256,139 @@ def _sample(
       lengths=shape(emitted),
       reached_eos=shape(done if eos_id is not None else jnp.zeros_like(done)),
   )
+
+
+def _decode_step(
+    module: gm.nn.Transformer,
+    tokens: jax.Array,
+    step: jax.Array,
+    prompt_kv: list[tuple[jax.Array, jax.Array]],
+    suffix_kv: list[tuple[jax.Array, jax.Array]],
+    prompt_len: jax.Array,
+) -> tuple[jax.Array, list[tuple[jax.Array, jax.Array]]]:
+  """One decoding step of all samples (run as `model.apply(method=...)`).
+
+  Uses gemma's own sub-modules (embedder, norms, projections, RoPE, MLP); only
+  the attention core is written here, because gemma's cache holds one row per
+  sample and would copy each prompt's keys/values N times.
+
+  Args:
+    module: the bound gemma `Transformer`.
+    tokens: int32[R] the input tokens, R = B * N rows, prompt-major.
+    step: int32[] their index in the completion (the suffix slot to write).
+    prompt_kv: per layer, float[B, K, P, H] keys and values of the prompts.
+    suffix_kv: per layer, float[R, K, S, H] keys and values of the samples.
+    prompt_len: int32[B] prompt lengths (generated token u is at position
+      prompt_len + u).
+
+  Returns:
+    float32[R, V] next-token logits and the updated `suffix_kv`.
+  """
+  x = module.embedder.encode(tokens[:, None])  # [R, 1, D]
+  new_kv = []
+  for block, pkv, skv in zip(module.blocks, prompt_kv, suffix_kv):
+    h, skv = _shared_prompt_attention(
+        block.attn, block.pre_attention_norm(x), step, pkv, skv, prompt_len
+    )
+    new_kv.append(skv)
+    if block.post_attention_norm is not None:
+      h = block.post_attention_norm(h)
+    x = x + h
+    h = block.mlp(block.pre_ffw_norm(x))
+    if block.post_ffw_norm is not None:
+      h = block.post_ffw_norm(h)
+    x = x + h
+  logits = module.embedder.decode(module.final_norm(x))[:, 0]
+  cap = module.config.final_logit_softcap
+  if cap is not None:
+    logits = jnp.tanh(logits / cap) * cap
+  return logits, new_kv
+
+
+def _shared_prompt_attention(
+    attn: gemma_modules.Attention,
+    x: jax.Array,
+    step: jax.Array,
+    prompt_kv: tuple[jax.Array, jax.Array],
+    suffix_kv: tuple[jax.Array, jax.Array],
+    prompt_len: jax.Array,
+) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+  """gemma's `Attention` for one new token per row over prompt + own tokens.
+
+  The N queries of a prompt attend to its single copy of the prompt keys in
+  one matmul; one softmax spans the prompt and suffix logits, so the result
+  equals attention over the concatenated sequence.
+
+  Args:
+    attn: the bound gemma `Attention` of the layer.
+    x: float[R, 1, D] normalised inputs.
+    step: int32[] the suffix slot of this token.
+    prompt_kv: float[B, K, P, H] keys and values (RoPE applied).
+    suffix_kv: float[R, K, S, H] keys and values.
+    prompt_len: int32[B].
+
+  Returns:
+    float[R, 1, D] the attention output and the updated `suffix_kv`.
+  """
+  pk, pv = prompt_kv
+  sk, sv = suffix_kv
+  b, kh, p, hd = pk.shape
+  r, s = sk.shape[0], sk.shape[2]
+  n, g = r // b, attn.num_heads // kh
+  if attn.use_qkv_einsum:
+    q, k, v = attn.qkv_einsum("BTD,SNDH->SBTNH", x)
+  else:
+    q = attn.q_einsum("BTD,NDH->BTNH", x)
+    k, v = attn.kv_einsum("BSD,CKDH->CBSKH", x)
+  if attn.use_qk_norm:
+    q = attn._query_norm(q)  # pylint: disable=protected-access
+    k = attn._key_norm(k)  # pylint: disable=protected-access
+  pos = jnp.repeat(prompt_len, n)[:, None] + step  # [R, 1]
+  rope = functools.partial(
+      gemma_rope.apply_rope,
+      positions=pos,
+      base_frequency=attn.rope_base_frequency,
+      scale_factor=attn.rope_scale_factor,
+  )
+  q = rope(q) * attn.query_pre_attn_scalar
+  k = rope(k)
+  # [R, 1, K, H] -> slot `step` of [R, K, S, H]
+  write = lambda cache, new: jax.lax.dynamic_update_slice(
+      cache, new.transpose(0, 2, 1, 3).astype(cache.dtype), (0, 0, step, 0)
+  )
+  sk, sv = write(sk, k), write(sv, v)
+
+  q = q.reshape(b, n, kh, g, hd)
+  sk5, sv5 = sk.reshape(b, n, kh, s, hd), sv.reshape(b, n, kh, s, hd)
+  logits = jnp.concatenate(
+      [
+          jnp.einsum("BNKGH,BKPH->BKNGP", q, pk),
+          jnp.einsum("BNKGH,BNKSH->BKNGS", q, sk5),
+      ],
+      axis=-1,
+  )
+  if attn.attn_logits_soft_cap is not None:
+    cap = attn.attn_logits_soft_cap
+    logits = jnp.tanh(logits / cap) * cap
+  # Prompt slot j holds position j, suffix slot u position prompt_len + u.
+  j, u = jnp.arange(p), jnp.arange(s)
+  prompt_mask = j[None, :] < prompt_len[:, None]  # [B, P]
+  suffix_mask = u <= step  # [S]
+  if attn.attn_type == gemma_modules.AttentionType.LOCAL_SLIDING:
+    window = attn.sliding_window_size
+    prompt_mask &= j[None, :] > (prompt_len + step - window)[:, None]
+    suffix_mask &= u > step - window
+  mask = jnp.concatenate(
+      [prompt_mask, jnp.broadcast_to(suffix_mask, (b, s))], axis=-1
+  )[:, None, None, None, :]
+  probs = jax.nn.softmax(
+      jnp.where(mask, logits, gemma_modules.K_MASK), axis=-1
+  ).astype(pv.dtype)
+  enc = jnp.einsum("BKNGP,BKPH->BNKGH", probs[..., :p], pv) + jnp.einsum(
+      "BKNGS,BNKSH->BNKGH", probs[..., p:], sv5
+  )
+  out = attn.attn_vec_einsum("BTNH,NHD->BTD", enc.reshape(r, 1, kh * g, hd))
+  return out, (sk, sv)
 
 
 def _choose(
@@ -302,7 +431,15 @@ def _choose(
         desc, jnp.sum(keep, axis=-1, keepdims=True) - 1, axis=-1
     )
     allowed = jnp.where(allowed < cutoff, -jnp.inf, allowed)
-  sampled = jax.vmap(jax.random.categorical)(keys, allowed)
+  # Inverse-CDF sampling: one uniform per row instead of `categorical`'s
+  # Gumbel noise per vocabulary entry, whose generation dominated a decoding
+  # step on CPU. A token whose probability is 0 never follows a strict CDF
+  # increase, so masked tokens cannot be drawn.
+  cdf = jnp.cumsum(jax.nn.softmax(allowed, axis=-1), axis=-1)
+  u = jax.vmap(jax.random.uniform)(keys) * cdf[:, -1]
+  sampled = jnp.sum(cdf <= u[:, None], axis=-1)
+  top = jnp.argmax(allowed, axis=-1)
+  sampled = jnp.where(sampled >= logits.shape[-1], top, sampled)  # u rounded up
   argmax = jnp.argmax(logits.at[:, models.PAD_ID].set(-jnp.inf), axis=-1)
   tok = jnp.where(greedy, argmax, sampled).astype(jnp.int32)
 
