@@ -1,12 +1,17 @@
 """Best-of-N sampling: N completions per prompt from a Gemma policy.
 
-`sample` is one jitted, pure function. Each prompt is prefilled once; its KV
-cache is then broadcast to its N samples, which are decoded together with the
-`gemma` library's `Transformer` and its left-aligned KV cache. Prompts of
-different lengths share one batch (right-padded with `PAD_ID`, as tokenizers
-produce); a row's padding slots are masked out of attention and its generated
-tokens continue at the row's own positions, so padding does not change the
-samples.
+`sample` is one jitted, pure function. Each prompt is prefilled once by the
+`gemma` library's `Transformer` with its KV cache. Its N samples then decode
+together, keeping that prompt cache as ONE copy per prompt and a small cache
+per sample for its own tokens: a decoding step runs gemma's own embedder,
+norms and RoPE through `model.apply(method=...)`, gemma's kernels reshaped
+once into plain matrices, and an attention core which lets the N queries of a prompt
+read its keys in one matmul and puts prompt and sample keys under a single
+softmax. (gemma's and Tunix's samplers instead prefill and cache the prompt
+once per sample; see BENCHMARKS.md.) Prompts of different lengths share one
+batch (right-padded with `PAD_ID`, as tokenizers produce); padding slots are
+masked out of attention and generated tokens continue at each prompt's own
+positions, so padding does not change the samples.
 
 Example::
 
@@ -198,6 +203,7 @@ def _sample(
   c = model.config
   zeros = jnp.zeros((rows, c.num_kv_heads, suffix_len, c.head_dim), dtype)
   suffix_kv = [(zeros, zeros) for _ in prompt_kv]
+  weights = _decode_weights(params, model.config)
   logits = jnp.repeat(out.logits, n, axis=0)
   keys = jax.vmap(lambda i: jax.random.split(jax.random.fold_in(rng, i), n))(
       jnp.arange(b)
@@ -232,6 +238,7 @@ def _sample(
         {"params": params},
         tok,
         t - 1,
+        weights,
         prompt_kv,
         suffix_kv,
         prompt_len,
@@ -258,24 +265,56 @@ def _sample(
   )
 
 
+def _decode_weights(params: Params, config) -> dict[str, Any]:
+  """gemma's kernels reshaped once per call into row-major 2-D matrices.
+
+  Inside the decoding loop gemma's einsums ('BTD,NDH->BTNH', ...) have a
+  contraction axis in the middle of the kernel, which XLA:CPU runs as a naive
+  fused loop several times slower than a library matmul at decoding batch
+  sizes; reshaped once, every projection is a plain `x @ w`.
+  """
+  layers = []
+  d = config.embed_dim
+  for i in range(config.num_layers):
+    attn, mlp = params[f"layer_{i}"]["attn"], params[f"layer_{i}"]["mlp"]
+    w = {"out": attn["attn_vec_einsum"]["w"].reshape(-1, d)}  # [N*H, D]
+    if "qkv_einsum" in attn:  # [3, N, D, H] -> [D, 3*N*H]
+      w["qkv"] = attn["qkv_einsum"]["w"].transpose(2, 0, 1, 3).reshape(d, -1)
+    else:  # [N, D, H] -> [D, N*H]; [2, K, D, H] -> [D, 2*K*H]
+      w["q"] = attn["q_einsum"]["w"].transpose(1, 0, 2).reshape(d, -1)
+      w["kv"] = attn["kv_einsum"]["w"].transpose(2, 0, 1, 3).reshape(d, -1)
+    gating = mlp["gating_einsum"]
+    if config.transpose_gating_einsum:  # [2, hidden, D]
+      gating = gating.transpose(0, 2, 1)
+    w["gate"], w["up"], w["down"] = gating[0], gating[1], mlp["linear"]
+    layers.append(w)
+  return {
+      "layers": layers,
+      "unembed": params["embedder"]["input_embedding"].T,  # [D, V]
+  }
+
+
 def _decode_step(
     module: gm.nn.Transformer,
     tokens: jax.Array,
     step: jax.Array,
+    weights: dict[str, Any],
     prompt_kv: list[tuple[jax.Array, jax.Array]],
     suffix_kv: list[tuple[jax.Array, jax.Array]],
     prompt_len: jax.Array,
 ) -> tuple[jax.Array, list[tuple[jax.Array, jax.Array]]]:
   """One decoding step of all samples (run as `model.apply(method=...)`).
 
-  Uses gemma's own sub-modules (embedder, norms, projections, RoPE, MLP); only
-  the attention core is written here, because gemma's cache holds one row per
-  sample and would copy each prompt's keys/values N times.
+  gemma's `Transformer` block by block: its own embedder, RMSNorms and RoPE,
+  its kernels as the 2-D matrices of `_decode_weights`, and an attention core
+  that reads each prompt's keys/values once for all its samples (gemma's
+  cache holds one row per sample, i.e. N copies of the prompt).
 
   Args:
     module: the bound gemma `Transformer`.
     tokens: int32[R] the input tokens, R = B * N rows, prompt-major.
     step: int32[] their index in the completion (the suffix slot to write).
+    weights: `_decode_weights(params, config)`.
     prompt_kv: per layer, float[B, K, P, H] keys and values of the prompts.
     suffix_kv: per layer, float[R, K, S, H] keys and values of the samples.
     prompt_len: int32[B] prompt lengths (generated token u is at position
@@ -284,21 +323,24 @@ def _decode_step(
   Returns:
     float32[R, V] next-token logits and the updated `suffix_kv`.
   """
-  x = module.embedder.encode(tokens[:, None])  # [R, 1, D]
+  x = module.embedder.encode(tokens)  # [R, D]
   new_kv = []
-  for block, pkv, skv in zip(module.blocks, prompt_kv, suffix_kv):
+  for block, w, pkv, skv in zip(
+      module.blocks, weights["layers"], prompt_kv, suffix_kv
+  ):
     h, skv = _shared_prompt_attention(
-        block.attn, block.pre_attention_norm(x), step, pkv, skv, prompt_len
+        block.attn, w, block.pre_attention_norm(x), step, pkv, skv, prompt_len
     )
     new_kv.append(skv)
     if block.post_attention_norm is not None:
       h = block.post_attention_norm(h)
     x = x + h
-    h = block.mlp(block.pre_ffw_norm(x))
+    h = block.pre_ffw_norm(x)
+    h = (jax.nn.gelu(h @ w["gate"]) * (h @ w["up"])) @ w["down"]
     if block.post_ffw_norm is not None:
       h = block.post_ffw_norm(h)
     x = x + h
-  logits = module.embedder.decode(module.final_norm(x))[:, 0]
+  logits = module.final_norm(x) @ weights["unembed"]
   cap = module.config.final_logit_softcap
   if cap is not None:
     logits = jnp.tanh(logits / cap) * cap
@@ -307,6 +349,7 @@ def _decode_step(
 
 def _shared_prompt_attention(
     attn: gemma_modules.Attention,
+    w: dict[str, jax.Array],
     x: jax.Array,
     step: jax.Array,
     prompt_kv: tuple[jax.Array, jax.Array],
@@ -320,26 +363,27 @@ def _shared_prompt_attention(
   equals attention over the concatenated sequence.
 
   Args:
-    attn: the bound gemma `Attention` of the layer.
-    x: float[R, 1, D] normalised inputs.
+    attn: the bound gemma `Attention` of the layer (its settings, norms).
+    w: the layer's `_decode_weights`.
+    x: float[R, D] normalised inputs.
     step: int32[] the suffix slot of this token.
     prompt_kv: float[B, K, P, H] keys and values (RoPE applied).
     suffix_kv: float[R, K, S, H] keys and values.
     prompt_len: int32[B].
 
   Returns:
-    float[R, 1, D] the attention output and the updated `suffix_kv`.
+    float[R, D] the attention output and the updated `suffix_kv`.
   """
   pk, pv = prompt_kv
   sk, sv = suffix_kv
   b, kh, p, hd = pk.shape
   r, s = sk.shape[0], sk.shape[2]
   n, g = r // b, attn.num_heads // kh
-  if attn.use_qkv_einsum:
-    q, k, v = attn.qkv_einsum("BTD,SNDH->SBTNH", x)
+  if "qkv" in w:
+    q, k, v = (x @ w["qkv"]).reshape(r, 3, 1, -1, hd).transpose(1, 0, 2, 3, 4)
   else:
-    q = attn.q_einsum("BTD,NDH->BTNH", x)
-    k, v = attn.kv_einsum("BSD,CKDH->CBSKH", x)
+    q = (x @ w["q"]).reshape(r, 1, -1, hd)
+    k, v = (x @ w["kv"]).reshape(r, 2, 1, kh, hd).transpose(1, 0, 2, 3, 4)
   if attn.use_qk_norm:
     q = attn._query_norm(q)  # pylint: disable=protected-access
     k = attn._key_norm(k)  # pylint: disable=protected-access
@@ -387,8 +431,7 @@ def _shared_prompt_attention(
   enc = jnp.einsum("BKNGP,BKPH->BNKGH", probs[..., :p], pv) + jnp.einsum(
       "BKNGS,BNKSH->BNKGH", probs[..., p:], sv5
   )
-  out = attn.attn_vec_einsum("BTNH,NHD->BTD", enc.reshape(r, 1, kh * g, hd))
-  return out, (sk, sv)
+  return enc.reshape(r, kh * g * hd) @ w["out"], (sk, sv)
 
 
 def _choose(
