@@ -1,0 +1,441 @@
+"""Outcome verifiers: the learned one (Gemma backbone + scalar head) and the grader.
+
+A verifier scores completions: any callable with the `Verifier` signature
+``(problems, completion_texts[B][N], tokens int32[B, N, T]) -> float[B, N]``
+(higher = more likely correct). Two are provided:
+
+* `grader_verifier(task)`: the exact grader, 1.0 / 0.0 (BoN-RL-S, pass@N).
+* `learned_verifier(model, params, tokenizer=..., task=...)`: a gemma
+  `Transformer` whose final hidden state at the LAST REAL token of
+  ``[BOS] prompt completion`` goes through a linear head to one logit.
+
+The learned verifier is trained with binary cross-entropy on policy samples
+labelled by the task's grader (`make_verifier_data`, `train_verifier`) and
+judged on held-out prompts by AUC and Bo-k accuracy (`evaluate_verifier`).
+
+Example::
+
+  model = models.make_model(preset="tiny", vocab_size=tok.vocab_size)
+  vparams = verifier.init_verifier(model, jax.random.key(0), backbone=policy_params)
+  data = verifier.make_verifier_data(model, policy_params, tokenizer=tok,
+                                     problems=train[:256], task=countdown,
+                                     num_samples=8, max_new_tokens=32,
+                                     rng=jax.random.key(1))
+  vparams, hist = verifier.train_verifier(model, vparams, data["tokens"].reshape(-1, L),
+                                          data["labels"].reshape(-1), steps=300)
+  verifier.evaluate_verifier(model, vparams, held_out_data, ks=(1, 4, 8))
+  score_fn = verifier.learned_verifier(model, vparams, tokenizer=tok, task=countdown)
+
+Params layout: ``{"backbone": <gemma Transformer params>, "head": {"kernel":
+float[D, 1], "bias": float[1]}}`` (the head is a `flax.linen.Dense(1)`).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+import scipy.stats
+
+from bon_jax import bon
+from bon_jax import input_pipeline
+from bon_jax import models
+from bon_jax import sampling
+
+Params = Any
+
+
+class Verifier(Protocol):
+  """Scores N completions of each of B problems; float[B, N], higher = better."""
+
+  def __call__(
+      self,
+      problems: Sequence[Any],
+      completion_texts: Sequence[Sequence[str]],
+      tokens: np.ndarray,
+  ) -> np.ndarray:
+    ...
+
+
+# ----------------------------------------------------------------------------
+# Token layout shared with `bon_jax.rl`.
+
+
+@jax.jit
+def join_prompt_completion(prompts: jax.Array, completions: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Packs right-padded prompts and completions into one right-padded sequence.
+
+  Gemma derives positions from ``tokens != PAD``, so the completion must follow
+  the prompt's last real token with no padding in between.
+
+  Args:
+    prompts: int32[B, P] ``[BOS] prompt`` right-padded with `PAD_ID`.
+    completions: int32[B, N, T] generated tokens (PAD after EOS).
+
+  Returns:
+    tokens: int32[B, N, P + T], ``[BOS] prompt completion`` then PAD.
+    completion_mask: float32[B, N, P + T - 1], 1 where ``tokens[..., t + 1]``
+      is a completion token (EOS included): the teacher-forcing targets of
+      ``log pi(completion | prompt)``.
+
+  Example: prompts ``[[2, 7, 0]]``, completions ``[[[5, 1, 0]]]`` give tokens
+  ``[[[2, 7, 5, 1, 0, 0]]]`` and mask ``[[[0, 1, 1, 0, 0]]]``.
+  """
+  b, p = prompts.shape
+  n, t = completions.shape[1], completions.shape[2]
+  plen = jnp.sum(prompts != models.PAD_ID, axis=-1)[:, None, None]  # [B, 1, 1]
+  j = jnp.arange(p + t)[None, None, :]
+  prompt_part = jnp.pad(prompts, ((0, 0), (0, t)))[:, None, :]
+  idx = jnp.clip(j - plen, 0, t - 1)
+  comp_part = jnp.take_along_axis(completions, jnp.broadcast_to(idx, (b, n, p + t)), axis=-1)
+  in_comp = (j >= plen) & (j < plen + t)
+  tokens = jnp.where(j < plen, prompt_part, jnp.where(in_comp, comp_part, models.PAD_ID))
+  tokens = tokens.astype(jnp.int32)
+  target = tokens[..., 1:]
+  mask = (j[..., 1:] >= plen) & (target != models.PAD_ID)
+  return tokens, mask.astype(jnp.float32)
+
+
+# ----------------------------------------------------------------------------
+# The learned verifier.
+
+_HEAD = nn.Dense(1)
+
+
+def init_verifier(model: Any, rng: jax.Array, *, backbone: Params | None = None) -> Params:
+  """Verifier params ``{"backbone", "head"}``.
+
+  Args:
+    model: the gemma `Transformer` (usually the policy's architecture).
+    rng: PRNG key for the head (and the backbone when `backbone` is None).
+    backbone: start from these Transformer params (e.g. the SFT policy's,
+      the usual choice); None = random init.
+  """
+  k_backbone, k_head = jax.random.split(rng)
+  if backbone is None:
+    backbone = models.init_params(model, k_backbone)
+  d = model.config.embed_dim
+  head = _HEAD.init(k_head, jnp.zeros((1, d), jnp.float32))["params"]
+  return {"backbone": backbone, "head": head}
+
+
+def score(model: Any, params: Params, tokens: jax.Array) -> jax.Array:
+  """Verifier logits of full sequences.
+
+  Args:
+    model: the backbone `Transformer`.
+    params: `init_verifier` params.
+    tokens: int32[..., L] ``[BOS] prompt completion`` right-padded with PAD.
+
+  Returns:
+    float32[...]: the logit of P(correct). Depends only on the real tokens:
+    gemma's ``return_last_only`` reads the final-normed hidden state at the
+    last non-PAD position, so extra right padding does not change it.
+  """
+  tokens = jnp.asarray(tokens)
+  lead, length = tokens.shape[:-1], tokens.shape[-1]
+  out = model.apply(
+      {"params": params["backbone"]},
+      tokens.reshape(-1, length),
+      return_last_only=True,
+      return_hidden_states=True,
+  )
+  h = out.hidden_states.astype(jnp.float32)  # [R, D]
+  logit = _HEAD.apply({"params": params["head"]}, h)[:, 0]
+  return logit.reshape(lead)
+
+
+def bce_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """Mean binary cross-entropy of logits against 0/1 labels (float32[])."""
+  return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, jnp.asarray(labels, jnp.float32)))
+
+
+@flax.struct.dataclass
+class VerifierState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
+
+
+def make_verifier_step(model: Any, optimizer: optax.GradientTransformation):
+  """Jitted ``(state, batch) -> (state, metrics)``.
+
+  ``batch``: ``tokens`` int32[B, L], ``labels`` float32[B] (0/1). Metrics:
+  loss, accuracy (at logit 0), grad_norm.
+  """
+
+  def loss_fn(params, batch):
+    logits = score(model, params, batch["tokens"])
+    loss = bce_loss(logits, batch["labels"])
+    acc = jnp.mean((logits > 0) == (batch["labels"] > 0.5))
+    return loss, {"loss": loss, "accuracy": acc}
+
+  def step(state: VerifierState, batch):
+    (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    metrics["grad_norm"] = optax.tree.norm(grads)
+    return VerifierState(state.step + 1, optax.apply_updates(state.params, updates), opt_state), metrics
+
+  return jax.jit(step, donate_argnums=0)
+
+
+def train_verifier(
+    model: Any,
+    params: Params,
+    tokens: np.ndarray,
+    labels: np.ndarray,
+    *,
+    steps: int,
+    batch_size: int = 32,
+    learning_rate: float = 1e-4,
+    weight_decay: float = 0.0,
+    warmup_steps: int = 0,
+    seed: int = 0,
+) -> tuple[Params, list[dict[str, float]]]:
+  """BCE training on (sequence, label) pairs; minibatches are a function of (seed, step).
+
+  Args:
+    model: the backbone `Transformer`.
+    params: `init_verifier` params to start from.
+    tokens: int32[M, L] sequences (`join_prompt_completion` layout).
+    labels: 0/1 [M] grader labels.
+    steps, batch_size, learning_rate, weight_decay, warmup_steps: AdamW with
+      warm-up and cosine decay after global-norm clipping at 1.
+    seed: minibatch order.
+
+  Returns:
+    The trained params and per-step metrics (loss, accuracy, grad_norm).
+  """
+  tokens, labels = np.asarray(tokens, np.int32), np.asarray(labels, np.float32)
+  if tokens.ndim != 2 or labels.shape != tokens.shape[:1]:
+    raise ValueError(f"tokens must be [M, L] and labels [M], got {tokens.shape} and {labels.shape}")
+  if steps < 0 or batch_size < 1:
+    raise ValueError(f"steps must be >= 0 and batch_size >= 1, got {steps}, {batch_size}")
+  schedule = optax.warmup_cosine_decay_schedule(
+      0.0, learning_rate, warmup_steps, max(steps, warmup_steps + 1), 0.1 * learning_rate)
+  optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=weight_decay))
+  state = VerifierState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
+  step_fn = make_verifier_step(model, optimizer)
+  history = []
+  for step in range(steps):
+    idx = np.random.default_rng([seed, step]).integers(0, len(labels), size=batch_size)
+    state, metrics = step_fn(state, {"tokens": tokens[idx], "labels": labels[idx]})
+    history.append({k: float(v) for k, v in jax.device_get(metrics).items()})
+  return state.params, history
+
+
+# ----------------------------------------------------------------------------
+# Data and metrics.
+
+
+def auc(scores, labels) -> float:
+  """ROC AUC: P(score of a random positive > score of a random negative), ties 1/2.
+
+  Rank-based (Mann-Whitney U with average ranks for ties), O(n log n).
+  NaN when only one class is present.
+
+  Example: ``auc([0.1, 0.9, 0.5], [0, 1, 0]) == 1.0``.
+  """
+  scores = np.asarray(scores, np.float64).ravel()
+  labels = np.asarray(labels).ravel() > 0.5
+  if scores.shape != labels.shape:
+    raise ValueError(f"scores {scores.shape} and labels {labels.shape} must have the same size")
+  n_pos, n_neg = int(labels.sum()), int((~labels).sum())
+  if n_pos == 0 or n_neg == 0:
+    return float("nan")
+  ranks = scipy.stats.rankdata(scores, method="average")
+  return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def make_verifier_data(
+    model: Any,
+    policy_params: Params,
+    *,
+    tokenizer: Any,
+    problems: Sequence[Any],
+    task: Any,
+    num_samples: int,
+    max_new_tokens: int,
+    rng: jax.Array,
+    temperature: float = 1.0,
+    prompts_per_batch: int = 32,
+) -> dict[str, np.ndarray]:
+  """Samples `num_samples` completions per problem from the policy and grades them.
+
+  Returns:
+    tokens: int32[P, N, L] ``[BOS] prompt completion`` (L = prompt length +
+      max_new_tokens), right-padded.
+    labels: float32[P, N] grader labels (0/1).
+    answer_ids: int32[P, N] answer classes (-1: none), for maj@k.
+    completions: int32[P, N, T] the generated tokens alone.
+  """
+  prompts_all = [task.prompt_text(p) for p in problems]
+  plen = int(input_pipeline.encode_prompts(tokenizer, prompts_all).shape[1])
+  out = {"tokens": [], "labels": [], "answer_ids": [], "completions": []}
+  for start in range(0, len(problems), prompts_per_batch):
+    chunk = list(problems[start : start + prompts_per_batch])
+    texts = prompts_all[start : start + prompts_per_batch]
+    pad = prompts_per_batch - len(chunk)  # One compiled shape for every chunk.
+    prompts = input_pipeline.encode_prompts(tokenizer, texts + texts[:1] * pad, plen)
+    s = sampling.sample(model, policy_params, jnp.asarray(prompts), jax.random.fold_in(rng, start),
+                        num_samples=num_samples, max_new_tokens=max_new_tokens, temperature=temperature)
+    comp = np.asarray(s.tokens)[: len(chunk)]
+    tokens, _ = join_prompt_completion(jnp.asarray(prompts[: len(chunk)]), jnp.asarray(comp))
+    decoded = decode_completions(tokenizer, comp)
+    labels, answers = grade_completions(task, chunk, decoded)
+    out["tokens"].append(np.asarray(tokens))
+    out["labels"].append(labels)
+    out["answer_ids"].append(answers)
+    out["completions"].append(comp)
+  return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def decode_completions(tokenizer: Any, completions: np.ndarray) -> list[list[str]]:
+  """Texts of int[B, N, T] completions (up to EOS), as B lists of N strings."""
+  completions = np.asarray(completions)
+  return [[tokenizer.decode(row.tolist()) for row in group] for group in completions]
+
+
+def grade_completions(task: Any, problems: Sequence[Any], texts: Sequence[Sequence[str]]):
+  """float32[B, N] grades and int32[B, N] answer-class ids (-1 = no answer)."""
+  labels, answers = [], []
+  for problem, group in zip(problems, texts, strict=True):
+    keys: dict[str, int] = {}
+    labels.append([float(task.grade(problem, t)) for t in group])
+    row = []
+    for t in group:
+      key = task.answer_key(problem, t)
+      row.append(-1 if key is None else keys.setdefault(key, len(keys)))
+    answers.append(row)
+  return np.asarray(labels, np.float32), np.asarray(answers, np.int32)
+
+
+def score_batched(model: Any, params: Params, tokens: np.ndarray, batch_size: int = 64) -> np.ndarray:
+  """`score` over int[..., L] in fixed-size chunks (one compiled shape); float32[...]."""
+  tokens = np.asarray(tokens, np.int32)
+  flat = tokens.reshape(-1, tokens.shape[-1])
+  fn = _jitted_score(model)
+  out = []
+  for start in range(0, len(flat), batch_size):
+    chunk = flat[start : start + batch_size]
+    pad = batch_size - len(chunk)
+    padded = np.concatenate([chunk, np.repeat(chunk[:1], pad, 0)]) if pad else chunk
+    out.append(np.asarray(fn(params, jnp.asarray(padded)))[: len(chunk)])
+  return np.concatenate(out).reshape(tokens.shape[:-1])
+
+
+@functools.lru_cache(maxsize=8)
+def _jitted_score(model: Any):
+  return jax.jit(functools.partial(score, model))
+
+
+def evaluate_verifier(
+    model: Any, params: Params, data: dict[str, np.ndarray], *, ks: Sequence[int] = (1, 2, 4)
+) -> dict[str, Any]:
+  """AUC and Bo-k accuracy of the verifier on held-out groups.
+
+  Args:
+    data: `make_verifier_data` output (tokens [P, N, L], labels [P, N]).
+    ks: subset sizes for Bo-k (each <= N).
+
+  Returns:
+    {"auc", "bo@k": [..], "pass@k": [..], "ks": [..]}: Bo-k is the unbiased
+    verifier-selected accuracy (`bon.best_of_k`), pass@k its oracle ceiling
+    (the grader as verifier); both averaged over prompts.
+  """
+  scores = score_batched(model, params, data["tokens"])
+  labels = np.asarray(data["labels"], np.float32)
+  return {
+      "auc": auc(scores, labels),
+      "ks": list(ks),
+      "bo@k": [float(np.mean(bon.best_of_k(labels, scores, k))) for k in ks],
+      "pass@k": [float(np.mean(bon.pass_at_k(labels, k))) for k in ks],
+  }
+
+
+# ----------------------------------------------------------------------------
+# Verifiers with the `Verifier` signature.
+
+
+def grader_verifier(task: Any) -> Verifier:
+  """The exact grader as a verifier: 1.0 if correct, else 0.0."""
+
+  def fn(problems, completion_texts, tokens=None):
+    del tokens
+    return grade_completions(task, problems, completion_texts)[0]
+
+  return fn
+
+
+def learned_verifier(
+    model: Any, params: Params, *, tokenizer: Any, task: Any, batch_size: int = 64
+) -> Verifier:
+  """A `Verifier` scoring ``[BOS] task.prompt_text(problem) completion`` with `score`.
+
+  Scores are the head's logits (only their order matters for BoN).
+  """
+
+  def fn(problems, completion_texts, tokens):
+    del completion_texts
+    tokens = np.asarray(tokens)
+    prompts = input_pipeline.encode_prompts(tokenizer, [task.prompt_text(p) for p in problems])
+    seqs, _ = join_prompt_completion(jnp.asarray(prompts), jnp.asarray(tokens))
+    return score_batched(model, params, np.asarray(seqs), batch_size)
+
+  return fn
+
+
+# ----------------------------------------------------------------------------
+# Config and checkpoints.
+
+
+def default_verifier_config() -> ml_collections.ConfigDict:
+  """The verifier stage's config (the lead moves it into configs/).
+
+  Data: `num_prompts` training problems x `num_samples` policy samples at
+  `temperature`, graded by the task; `holdout_prompts` further problems for
+  AUC / Bo-k. Training: `steps` AdamW steps of `batch_size` sequences.
+  """
+  c = ml_collections.ConfigDict()
+  c.init = "policy"  # "policy": backbone from the policy params; "random".
+  c.num_prompts = 512
+  c.holdout_prompts = 128
+  c.num_samples = 8
+  c.temperature = 1.0
+  c.max_new_tokens = 32
+  c.steps = 500
+  c.batch_size = 64
+  c.learning_rate = 1e-4
+  c.weight_decay = 0.0
+  c.warmup_steps = 20
+  c.seed = 0
+  c.ks = (1, 2, 4, 8)
+  return c
+
+
+def save_verifier(path: str, params: Params) -> None:
+  """Writes verifier params to an Orbax checkpoint directory at `path`."""
+  with ocp.StandardCheckpointer() as ckpt:
+    ckpt.save(os.path.abspath(path), params, force=True)
+
+
+def load_verifier(path: str, model: Any) -> Params:
+  """Restores `save_verifier` params for `model`'s architecture.
+
+  Raises a one-line FileNotFoundError when `path` is missing.
+  """
+  if not path or not os.path.exists(path):
+    raise FileNotFoundError(f"verifier checkpoint {path!r} not found; train one first or fix the path")
+  abstract = jax.eval_shape(lambda: init_verifier(model, jax.random.key(0)))
+  with ocp.StandardCheckpointer() as ckpt:
+    return ckpt.restore(os.path.abspath(path), abstract)

@@ -1,0 +1,140 @@
+"""The learned verifier: AUC, padding invariance, BCE training, token packing."""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bon_jax import bon
+from bon_jax import models
+from bon_jax import verifier
+
+VOCAB = 64
+
+
+@pytest.fixture(scope="module")
+def model():
+  return models.make_model(preset="micro", vocab_size=VOCAB)
+
+
+def _pair_count_auc(scores, labels):
+  pos = [s for s, l in zip(scores, labels) if l]
+  neg = [s for s, l in zip(scores, labels) if not l]
+  wins = sum(1.0 if p > n else 0.5 if p == n else 0.0 for p, n in itertools.product(pos, neg))
+  return wins / (len(pos) * len(neg))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_auc_matches_pair_counting_with_ties(seed):
+  rng = np.random.default_rng(seed)
+  n = int(rng.integers(5, 40))
+  scores = rng.integers(0, 6, size=n).astype(float)  # Many ties.
+  labels = rng.random(n) < 0.4
+  labels[:2] = [True, False]
+  assert verifier.auc(scores, labels) == pytest.approx(_pair_count_auc(scores, labels), abs=1e-12)
+
+
+def test_auc_of_one_class_is_nan():
+  assert np.isnan(verifier.auc([0.1, 0.2], [1, 1]))
+
+
+def test_join_prompt_completion_matches_a_python_loop():
+  rng = np.random.default_rng(0)
+  b, n, p, t = 3, 2, 5, 4
+  prompts = np.zeros((b, p), np.int32)
+  comps = np.zeros((b, n, t), np.int32)
+  want_tok = np.zeros((b, n, p + t), np.int32)
+  want_mask = np.zeros((b, n, p + t - 1), np.float32)
+  for i in range(b):
+    plen = int(rng.integers(1, p + 1))
+    prompts[i, :plen] = rng.integers(2, VOCAB, plen)
+    for j in range(n):
+      clen = int(rng.integers(0, t + 1))
+      comps[i, j, :clen] = rng.integers(1, VOCAB, clen)
+      seq = list(prompts[i, :plen]) + list(comps[i, j, :clen])
+      want_tok[i, j, : len(seq)] = seq
+      want_mask[i, j, plen - 1 : plen - 1 + clen] = 1.0
+  tokens, mask = verifier.join_prompt_completion(jnp.asarray(prompts), jnp.asarray(comps))
+  np.testing.assert_array_equal(tokens, want_tok)
+  np.testing.assert_array_equal(mask, want_mask)
+
+
+def test_score_reads_the_last_real_token_and_ignores_padding(model):
+  params = verifier.init_verifier(model, jax.random.key(0))
+  score = jax.jit(lambda p, t: verifier.score(model, p, t))
+  tokens = jnp.array([[2, 5, 6, 7, 0, 0], [2, 9, 0, 0, 0, 0]])
+  base = score(params, tokens)
+  # More right padding, and the same rows with their last real token changed.
+  longer = jnp.pad(jnp.concatenate([tokens, tokens.at[0, 3].set(8).at[1, 1].set(8)]), ((0, 0), (0, 7)))
+  padded, changed = jnp.split(score(params, longer), 2)
+  np.testing.assert_allclose(padded, base, rtol=1e-5, atol=1e-6)
+  assert np.all(np.abs(np.asarray(changed - base)) > 1e-6)
+
+
+def _synthetic(rng, num, length=10):
+  """Sequences whose label is whether the last real token is even (separable)."""
+  tokens = np.zeros((num, length), np.int32)
+  labels = np.zeros(num, np.float32)
+  for i in range(num):
+    n = int(rng.integers(3, length - 2))
+    tokens[i, 0] = models.BOS_ID
+    tokens[i, 1:n] = rng.integers(3, VOCAB, n - 1)
+    labels[i] = float(tokens[i, n - 1] % 2 == 0)
+  return tokens, labels
+
+
+def test_bce_training_separates_synthetic_data_and_bo_k_follows(model):
+  rng = np.random.default_rng(0)
+  tokens, labels = _synthetic(rng, 512)
+  params = verifier.init_verifier(model, jax.random.key(1))
+  held_tokens, held_labels = _synthetic(rng, 96)
+  held = {"tokens": held_tokens.reshape(24, 4, -1), "labels": held_labels.reshape(24, 4)}
+  before = verifier.evaluate_verifier(model, params, held, ks=(1, 4))
+  params, hist = verifier.train_verifier(model, params, tokens, labels, steps=120, batch_size=32,
+                                         learning_rate=3e-3, seed=0)
+  assert hist[-1]["loss"] < 0.5 * hist[0]["loss"]
+  after = verifier.evaluate_verifier(model, params, held, ks=(1, 4))
+  assert after["auc"] > 0.95 and before["auc"] < 0.8
+  # Bo-1 is the mean label whatever the verifier; Bo-4 approaches the oracle pass@4.
+  assert after["bo@k"][0] == pytest.approx(held_labels.mean(), abs=1e-6)
+  assert after["bo@k"][1] > after["pass@k"][1] - 0.1
+  assert after["pass@k"][1] == pytest.approx(float(np.mean(bon.pass_at_k(held["labels"], 4))))
+
+
+def test_learned_verifier_scores_prompt_plus_completion(model):
+  class Tok:
+    def encode(self, text):
+      return [3 + ord(c) % 50 for c in text]
+
+  class Task:
+    @staticmethod
+    def prompt_text(p):
+      return p
+
+  params = verifier.init_verifier(model, jax.random.key(2))
+  comps = np.array([[[7, 8, 1, 0], [9, 1, 0, 0]], [[4, 4, 4, 4], [1, 0, 0, 0]]], np.int32)
+  fn = verifier.learned_verifier(model, params, tokenizer=Tok(), task=Task, batch_size=3)
+  got = fn(["ab", "c"], None, comps)
+  for b, prompt in enumerate(["ab", "c"]):
+    for n in range(2):
+      comp = [int(x) for x in comps[b, n] if x]
+      seq = jnp.asarray([[models.BOS_ID, *Tok().encode(prompt), *comp]])
+      np.testing.assert_allclose(got[b, n], verifier.score(model, params, seq)[0], rtol=1e-5, atol=1e-6)
+
+
+def test_grader_verifier_grades_with_the_task():
+  from bon_jax.tasks import countdown
+  p = countdown.make_problem((3, 4, 7, 9), 60)
+  got = verifier.grader_verifier(countdown)([p], [["\\boxed{3*(4+7+9)}", "\\boxed{7*9-3}"]], None)
+  np.testing.assert_array_equal(got, [[1.0, 0.0]])
+
+
+def test_saved_verifier_restores_equal(model, tmp_path):
+  params = verifier.init_verifier(model, jax.random.key(3))
+  verifier.save_verifier(str(tmp_path / "v"), params)
+  back = verifier.load_verifier(str(tmp_path / "v"), model)
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), params, back)
+  with pytest.raises(FileNotFoundError, match="not found"):
+    verifier.load_verifier(str(tmp_path / "missing"), model)
