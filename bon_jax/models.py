@@ -71,6 +71,16 @@ PRESETS: dict[str, Preset] = {
         num_kv_heads=2,
         sliding_window_size=16,
     ),
+    # The size of the Countdown prototype (~0.5M parameters).
+    "small": Preset(
+        num_layers=2,
+        embed_dim=128,
+        hidden_dim=512,
+        num_heads=4,
+        head_dim=32,
+        num_kv_heads=2,
+        sliding_window_size=64,
+    ),
     # ~3.3M parameters with a 512-token vocabulary.
     "tiny": Preset(
         num_layers=4,

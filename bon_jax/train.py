@@ -19,6 +19,7 @@ Workdir layout::
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -51,19 +52,25 @@ class TrainState:
 
 def make_optimizer(cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
   """AdamW with linear warm-up then cosine decay, after global-norm clipping."""
+  return _optimizer(cfg.learning_rate, cfg.warmup_steps, cfg.steps, cfg.weight_decay, cfg.grad_clip_norm)
+
+
+@functools.lru_cache(maxsize=8)
+def _optimizer(learning_rate: float, warmup_steps: int, steps: int, weight_decay: float,
+               grad_clip_norm: float) -> optax.GradientTransformation:
   schedule = optax.warmup_cosine_decay_schedule(
       init_value=0.0,
-      peak_value=cfg.learning_rate,
-      warmup_steps=cfg.warmup_steps,
-      decay_steps=max(cfg.steps, cfg.warmup_steps + 1),
-      end_value=0.1 * cfg.learning_rate,
+      peak_value=learning_rate,
+      warmup_steps=warmup_steps,
+      decay_steps=max(steps, warmup_steps + 1),
+      end_value=0.1 * learning_rate,
   )
   # No weight decay on norm scales (vectors): decaying them towards 0 would
   # shrink activations rather than regularise.
   decay_mask = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
   return optax.chain(
-      optax.clip_by_global_norm(cfg.grad_clip_norm),
-      optax.adamw(schedule, weight_decay=cfg.weight_decay, mask=decay_mask),
+      optax.clip_by_global_norm(grad_clip_norm),
+      optax.adamw(schedule, weight_decay=weight_decay, mask=decay_mask),
   )
 
 
@@ -77,7 +84,16 @@ def sft_loss(model: Any, params: Any, batch: dict[str, jax.Array]) -> tuple[jax.
 
 
 def make_sft_step(model: Any, optimizer: optax.GradientTransformation):
-  """Returns the jitted update `(state, batch) -> (state, metrics)`."""
+  """Returns the jitted update `(state, batch) -> (state, metrics)`.
+
+  Cached per (model, optimizer), so that runs in one process (tests, sweeps,
+  notebooks) share one compilation.
+  """
+  return _cached_sft_step(model, optimizer)
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_sft_step(model: Any, optimizer: optax.GradientTransformation):
 
   def step(state: TrainState, batch: dict[str, jax.Array]):
     grad_fn = jax.value_and_grad(lambda p: sft_loss(model, p, batch), has_aux=True)
@@ -97,6 +113,16 @@ def load_tokenizer(config: ml_collections.ConfigDict) -> Any:
     return tokenizer_lib.load_tokenizer(config.tokenizer.path)
   except FileNotFoundError as e:
     raise config_lib.UserError(str(e)) from None
+
+
+def make_task_splits(cfg: ml_collections.ConfigDict) -> tuple[list[Any], list[Any]]:
+  """Train and test problems of `config.task` (a bad option is a `UserError`)."""
+  options = {k: v for k, v in cfg.to_dict().items() if k != "name"}
+  options = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
+  try:
+    return countdown.make_splits(**options)
+  except (TypeError, ValueError) as e:
+    raise config_lib.UserError(f"config.task: {e}") from None
 
 
 def initial_params(config: ml_collections.ConfigDict, model: Any) -> Any:
@@ -167,9 +193,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   config_lib.validate(config)
   config_lib.prepare_workdir(config, workdir)
   tok = load_tokenizer(config)
-  train_set, test_set = countdown.make_splits(
-      seed=config.task.seed, num_train=config.task.num_train, num_test=config.task.num_test
-  )
+  train_set, test_set = make_task_splits(config.task)
   model = models.make_model(
       preset=config.model.preset, vocab_size=tok.vocab_size, dtype=jnp.dtype(config.model.dtype)
   )
@@ -192,29 +216,34 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   bar = tqdm.tqdm(total=config.train.steps, initial=start, desc="sft", unit="step", dynamic_ncols=True)
   t_last, s_last = time.perf_counter(), start
-  for step in range(start, config.train.steps):
-    batch = input_pipeline.sft_batch(
-        train_set,
-        tokenizer=tok,
-        prompt_fn=countdown.prompt_text,
-        target_fn=countdown.sft_targets,
-        batch_size=config.train.batch_size,
-        length=length,
-        seed=config.seed,
-        step=step,
-    )
-    state, metrics = train_step(state, batch)
-    done = step + 1
-    mngr.save(done, args=ocp.args.StandardSave(state))
-    if done % config.train.log_every == 0 or done == config.train.steps:
-      metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-      now = time.perf_counter()
-      metrics["steps_per_s"] = (done - s_last) / (now - t_last)
-      t_last, s_last = now, done
-      writer.write_scalars(done, metrics)
-      jsonl.write(done, metrics)
-      bar.set_postfix(loss=f"{metrics['loss']:.3f}", steps_s=f"{metrics['steps_per_s']:.2f}")
-    bar.update(1)
+  try:
+    for step in range(start, config.train.steps):
+      batch = input_pipeline.sft_batch(
+          train_set,
+          tokenizer=tok,
+          prompt_fn=countdown.prompt_text,
+          target_fn=countdown.sft_targets,
+          batch_size=config.train.batch_size,
+          length=length,
+          seed=config.seed,
+          step=step,
+      )
+      state, metrics = train_step(state, batch)
+      done = step + 1
+      mngr.save(done, args=ocp.args.StandardSave(state))
+      if done % config.train.log_every == 0 or done == config.train.steps:
+        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        now = time.perf_counter()
+        metrics["steps_per_s"] = (done - s_last) / (now - t_last)
+        t_last, s_last = now, done
+        writer.write_scalars(done, metrics)
+        jsonl.write(done, metrics)
+        bar.set_postfix(loss=f"{metrics['loss']:.3f}", steps_s=f"{metrics['steps_per_s']:.2f}")
+      bar.update(1)
+  finally:
+    # On an interrupt, let the checkpoint being written finish, so the next
+    # run resumes from it.
+    mngr.wait_until_finished()
   bar.close()
   final = config.train.steps
   if start < final and mngr.latest_step() != final:

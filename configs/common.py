@@ -20,6 +20,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.task.seed = 0
   c.task.num_train = 5000
   c.task.num_test = 256
+  # Countdown difficulty (bon_jax.tasks.countdown.make_splits): puzzle sizes,
+  # target range, and a target's draw weight num_solutions ** target_weighting
+  # (0: every reachable target alike; > 0: more puzzles with many answers).
+  c.task.num_digits = (3, 4, 5)
+  c.task.target_range = (10, 99)
+  c.task.target_weighting = 0.0
 
   # `task`: the embedded task's sentencepiece model (shipped in the package);
   # `sentencepiece`: a .model file at `tokenizer.path` (e.g. Gemma 2's).

@@ -2,6 +2,7 @@
 decoding by full forward passes, on a 2-layer model with a 4-token sliding
 window so prompts and completions run past the window."""
 
+import dataclasses
 import functools
 
 import jax
@@ -263,3 +264,29 @@ def test_new_params_prompts_keys_and_temperature_reuse_the_compiled_sampler():
 def test_bad_arguments_raise_clear_errors(kwargs, match):
   with pytest.raises(ValueError, match=match):
     _sample(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [
+        {"transpose_gating_einsum": True},  # Gemma 2 9B's FFN layout.
+        {"num_kv_heads": 4},  # Multi-head attention: gemma's fused qkv_einsum.
+        {"use_qk_norm": True},  # Gemma 3's query/key norms.
+    ],
+    ids=["transposed_gating", "qkv_einsum", "qk_norm"],
+)
+def test_logprobs_match_teacher_forcing_for_architecture_variants(variant):
+  base = _model_and_params()[0].config
+  config = dataclasses.replace(base, **variant)
+  model = gm.nn.Transformer(config=config, dtype=jnp.float32)
+  params = models.init_params(model, jax.random.key(3))
+  out = sampling.sample(model, params, jnp.asarray(PROMPTS), jax.random.key(4),
+                        num_samples=2, max_new_tokens=6, eos_id=None)
+  tokens = np.asarray(out.tokens)
+  seqs = _full_sequences(PROMPTS, tokens)
+  b, n, _ = seqs.shape
+  logp = np.asarray(models.token_logprobs(model, params, jnp.asarray(seqs.reshape(b * n, -1))))
+  logp = logp.reshape(b, n, -1)
+  for i in range(b):
+    p = int((PROMPTS[i] != models.PAD_ID).sum())
+    np.testing.assert_allclose(out.logprobs_t1[i], logp[i, :, p - 1:p - 1 + 6], atol=1e-4, rtol=0)

@@ -57,12 +57,27 @@ def test_sft_batch_is_a_function_of_seed_and_step():
   assert not np.array_equal(a, c)
 
 
-def test_resumed_run_matches_uninterrupted_run(tmp_path):
+def test_resumed_run_matches_uninterrupted_run(tmp_path, monkeypatch):
   full = str(tmp_path / "full")
   train.train_and_evaluate(_tiny_config(steps=4), full)
+
+  # "Preempt" a run while it builds the batch of step index 3: steps 1-3 ran,
+  # the last checkpoint is step 2, so the rerun must redo step 3 exactly.
+  real_batch = input_pipeline.sft_batch
+
+  def preempted(*args, step, **kwargs):
+    if step == 3:
+      raise KeyboardInterrupt("preempted")
+    return real_batch(*args, step=step, **kwargs)
+
   cut = str(tmp_path / "cut")
-  train.train_and_evaluate(_tiny_config(steps=2), cut)  # "Preempted" after step 2.
-  train.train_and_evaluate(_tiny_config(steps=4), cut)  # Resumes at step 2.
+  monkeypatch.setattr(input_pipeline, "sft_batch", preempted)
+  with pytest.raises(KeyboardInterrupt):
+    train.train_and_evaluate(_tiny_config(steps=4), cut)
+  monkeypatch.setattr(input_pipeline, "sft_batch", real_batch)
+  assert train._checkpoint_manager(cut, _tiny_config().train).latest_step() == 2
+  train.train_and_evaluate(_tiny_config(steps=4), cut)
+
   restore = lambda d: train._checkpoint_manager(d, _tiny_config().train)
   a = restore(full).restore(4)
   b = restore(cut).restore(4)
