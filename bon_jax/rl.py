@@ -1,0 +1,520 @@
+"""BoN-aware fine-tuning: one training loop for SFT, RL and the BoN algorithms.
+
+Each step (`rl_step`) takes a batch of prompts, samples N' completions per
+prompt from the current policy (`sampling.sample`), scores them with a reward
+function and optionally a verifier (both `verifier.Verifier` callables),
+turns (rewards, scores) into per-sample weights with the algorithm's weight
+function from `bon.WEIGHT_FNS`, and applies one jitted update
+(`make_policy_update`) of
+
+    loss = -(1/B) sum_b sum_i w_bi log pi(y_bi | x_b)
+           + kl_coef * KL(pi || pi_ref) - entropy_coef * H(pi)
+
+so that the gradient is ``(1/B) sum_b sum_i w_bi grad log pi(y_bi | x_b)``:
+bon.py's convention (``sum_i w_i grad log pi(y_i|x)`` per prompt, averaged
+over the B prompts). ``log pi(y|x)`` is the SEQUENCE log-probability (the sum
+of the completion's token log-probs, EOS included), at the sampling
+temperature, i.e. of the distribution that produced the samples.
+
+Algorithms (``config.rl.algorithm``, any name of `bon.WEIGHT_FNS`): ``sft``,
+``rloo`` (RL, N' samples, leave-one-out baseline), ``grpo``, ``bon_sft``,
+``bon_rl_v``, ``bon_rl_s``, ``bon_rlb``, ``bon_rlb_p``, and the subset
+estimators ``best_of_k``, ``pass_at_k``, ``max_at_k``, ``maj_at_k`` (k = N).
+``sft`` and ``bon_sft`` use bon.bon_sft_weights's layout: column 0 of every
+group is an expert demonstration (``task.sft_targets``), columns 1..N' the
+policy samples (for ``sft`` they get weight 0 and only feed the logs).
+
+Example::
+
+  cfg = rl.default_rl_config()
+  cfg.algorithm, cfg.N_prime, cfg.N = "bon_rl_s", 8, 4
+  state, history = rl.train_rl(config, "/tmp/bon_rl", init_params=sft_params)
+
+Regularisers, both at the sequence level and both on the policy's own samples
+(expert rows of sft / bon_sft are excluded):
+
+* KL: ``sum_t KL(pi(.|y_<t) || pi_ref(.|y_<t))`` over the sampled prefixes,
+  each per-token KL computed exactly over the full vocabulary (the
+  Rao-Blackwellised form of the single-sample log-ratio estimator: unbiased
+  for the sequence KL, and no variance from the sampled token). Averaged over
+  policy samples. Its gradient, like the entropy bonus's, treats the sampled
+  prefixes as fixed (the usual per-token regulariser; the term through the
+  prefix distribution is dropped). The k3 estimator on the sampled tokens,
+  ``r - 1 - log r`` with ``r = pi_ref / pi``, is logged as ``kl_k3`` for
+  comparison (its gradient would be that of KL(pi_ref || pi), so it is not
+  in the loss).
+* Entropy: ``sum_t H(pi(.|y_<t))`` on the same prefixes, full vocabulary.
+  Logged per token (``entropy``) and per sequence (``entropy_seq``).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+
+from bon_jax import bon
+from bon_jax import config_lib
+from bon_jax import input_pipeline
+from bon_jax import models
+from bon_jax import sampling
+from bon_jax import train
+from bon_jax import verifier as verifier_lib
+
+Params = Any
+
+ALGORITHMS = tuple(bon.WEIGHT_FNS)
+# Groups hold an expert demonstration in column 0 (bon.bon_sft_weights's layout).
+EXPERT_ALGORITHMS = ("sft", "bon_sft")
+# Weight functions that need groups of exactly N (n % N == 0) or k <= n samples.
+_GROUPED = ("bon_rl_v", "bon_rl_s")
+_SUBSET = ("best_of_k", "pass_at_k", "max_at_k", "maj_at_k")
+
+
+def default_rl_config() -> ml_collections.ConfigDict:
+  """``config.rl``: the fine-tuning stage (the lead moves it into configs/).
+
+  Fields:
+    algorithm: a name of `bon.WEIGHT_FNS` (see the module docstring).
+    N_prime: samples drawn per prompt per step (N').
+    N: the BoN target (N of bon_*, k of the subset estimators).
+    kl_coef, entropy_coef: regulariser weights (sequence level).
+    max_gain: BoN-RLB gain clip (None: bon's default 10 N).
+    lam: BoN-SFT lambda_N (None: `bon.lambda_for_n(N)`).
+    prompts_per_step: B, prompts per update.
+    steps, learning_rate, warmup_steps, weight_decay, grad_clip_norm: the
+      AdamW schedule of `train.make_optimizer`.
+    temperature, max_new_tokens: sampling (log pi is taken at the same T).
+    verifier: "grader" (exact grader scores) or "learned" (`verifier_ckpt`).
+    log_every, checkpoint_every, keep_checkpoints: as in config.train.
+  """
+  c = ml_collections.ConfigDict()
+  c.algorithm = "rloo"
+  c.N_prime = 8
+  c.N = 4
+  c.kl_coef = 0.0
+  c.entropy_coef = 0.0
+  c.max_gain = ml_collections.config_dict.placeholder(float)
+  c.lam = ml_collections.config_dict.placeholder(float)
+  c.prompts_per_step = 16
+  c.steps = 200
+  c.learning_rate = 1e-4
+  c.warmup_steps = 0
+  c.weight_decay = 0.0
+  c.grad_clip_norm = 1.0
+  c.temperature = 1.0
+  c.max_new_tokens = 32
+  c.verifier = "grader"
+  c.verifier_ckpt = ""
+  c.log_every = 1
+  c.checkpoint_every = 50
+  c.keep_checkpoints = 3
+  return c
+
+
+def validate_rl_config(cfg: ml_collections.ConfigDict) -> None:
+  """Raises `config_lib.UserError` (one line) on settings that cannot run."""
+
+  def need(cond, msg):
+    if not cond:
+      raise config_lib.UserError(msg)
+
+  need(cfg.algorithm in ALGORITHMS,
+       f"config.rl.algorithm={cfg.algorithm!r} is unknown; choose one of {sorted(ALGORITHMS)}")
+  for name in ("N_prime", "N", "prompts_per_step", "max_new_tokens", "log_every",
+               "checkpoint_every", "keep_checkpoints"):
+    v = cfg[name]
+    need(isinstance(v, int) and not isinstance(v, bool) and v >= 1,
+         f"config.rl.{name} must be an integer >= 1, got {v!r}")
+  need(isinstance(cfg.steps, int) and cfg.steps >= 0, f"config.rl.steps must be an integer >= 0, got {cfg.steps!r}")
+  need(cfg.learning_rate > 0, "config.rl.learning_rate must be > 0")
+  need(cfg.temperature > 0, "config.rl.temperature must be > 0 (log pi of greedy decoding is undefined)")
+  need(cfg.kl_coef >= 0 and cfg.entropy_coef >= 0, "config.rl.kl_coef and entropy_coef must be >= 0")
+  if cfg.algorithm in _GROUPED:
+    need(cfg.N_prime % cfg.N == 0,
+         f"config.rl.N_prime={cfg.N_prime} must be a multiple of config.rl.N={cfg.N} for {cfg.algorithm}")
+  if cfg.algorithm in _SUBSET:
+    need(cfg.N <= cfg.N_prime,
+         f"config.rl.N={cfg.N} must be <= config.rl.N_prime={cfg.N_prime} for {cfg.algorithm}")
+  need(cfg.verifier in ("grader", "learned"),
+       f"config.rl.verifier must be 'grader' or 'learned', got {cfg.verifier!r}")
+  need(cfg.verifier != "learned" or bool(cfg.verifier_ckpt),
+       "config.rl.verifier='learned' needs config.rl.verifier_ckpt (a verifier.save_verifier directory)")
+
+
+# ----------------------------------------------------------------------------
+# The update.
+
+
+def policy_loss(
+    model: Any,
+    params: Params,
+    ref_params: Params | None,
+    batch: dict[str, jax.Array],
+    *,
+    kl_coef: float = 0.0,
+    entropy_coef: float = 0.0,
+    temperature: float = 1.0,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """The weighted log-likelihood loss with KL and entropy terms (see module doc).
+
+  Args:
+    model: the policy `Transformer`.
+    params: policy params (differentiated).
+    ref_params: frozen reference params, or None (then no KL term or metric).
+    batch:
+      tokens: int32[B, n, L] ``[BOS] prompt completion`` right-padded
+        (`verifier.join_prompt_completion`).
+      completion_mask: float32[B, n, L-1], 1 on completion targets.
+      weights: float32[B, n] per-sample weights (gradient stopped).
+      sample_mask: float32[B, n], 1 where the row is a policy sample (KL and
+        entropy are measured on those only).
+    kl_coef, entropy_coef, temperature: see the module docstring.
+
+  Returns:
+    (loss, metrics) with loss float32[].
+  """
+  tokens = batch["tokens"]
+  b, n, length = tokens.shape
+  flat = tokens.reshape(b * n, length)
+  mask = batch["completion_mask"].reshape(b * n, length - 1).astype(jnp.float32)
+  w = jax.lax.stop_gradient(batch["weights"].reshape(b * n).astype(jnp.float32))
+  is_sample = batch["sample_mask"].reshape(b * n).astype(jnp.float32)
+
+  def log_probs(p):
+    logits = model.apply({"params": p}, flat).logits[:, :-1].astype(jnp.float32)
+    return jax.nn.log_softmax(logits / temperature, axis=-1)  # [R, L-1, V]
+
+  logp_all = log_probs(params)
+  logp = jnp.take_along_axis(logp_all, flat[:, 1:, None], axis=-1)[..., 0]
+  seq_logp = jnp.sum(mask * logp, axis=-1)  # [R]
+  pg_loss = -jnp.sum(w * seq_logp) / b
+
+  smask = mask * is_sample[:, None]
+  num_samples = jnp.maximum(jnp.sum(is_sample), 1.0)
+  num_tokens = jnp.maximum(jnp.sum(smask), 1.0)
+  probs = jnp.exp(logp_all)
+  ent_tok = -jnp.sum(probs * logp_all, axis=-1)  # [R, L-1]
+  ent_seq = jnp.sum(smask * ent_tok) / num_samples
+  loss = pg_loss - entropy_coef * ent_seq
+  metrics = {
+      "pg_loss": pg_loss,
+      "entropy": jnp.sum(smask * ent_tok) / num_tokens,
+      "entropy_seq": ent_seq,
+  }
+  if ref_params is not None:
+    ref_all = jax.lax.stop_gradient(log_probs(ref_params))
+    kl_tok = jnp.sum(probs * (logp_all - ref_all), axis=-1)  # exact per-prefix KL
+    kl_seq = jnp.sum(smask * kl_tok) / num_samples
+    ref_logp = jnp.take_along_axis(ref_all, flat[:, 1:, None], axis=-1)[..., 0]
+    log_r = ref_logp - logp
+    k3 = jnp.exp(log_r) - log_r - 1.0
+    metrics["kl"] = kl_seq
+    metrics["kl_k3"] = jax.lax.stop_gradient(jnp.sum(smask * k3) / num_samples)
+    loss = loss + kl_coef * kl_seq
+  elif kl_coef:
+    raise ValueError("kl_coef > 0 needs ref_params (the frozen reference policy)")
+  metrics["loss"] = loss
+  metrics["weight_max"] = jnp.max(w)
+  metrics["weight_min"] = jnp.min(w)
+  metrics["weight_mean"] = jnp.mean(w)
+  metrics["weight_abs_mean"] = jnp.mean(jnp.abs(w))
+  metrics["completion_tokens"] = jnp.sum(smask)
+  return loss, metrics
+
+
+def make_policy_update(
+    model: Any,
+    optimizer: optax.GradientTransformation,
+    *,
+    kl_coef: float = 0.0,
+    entropy_coef: float = 0.0,
+    temperature: float = 1.0,
+) -> Callable[..., tuple[train.TrainState, dict[str, jax.Array]]]:
+  """Jitted ``(state, ref_params, batch) -> (state, metrics)``, one optimizer step.
+
+  `state` is a `train.TrainState` (donated: pass a copy of params you keep);
+  `ref_params` may be None when ``kl_coef == 0`` (no KL metric then). Batch and
+  metrics as in `policy_loss`, plus ``grad_norm``.
+  """
+  loss_fn = functools.partial(
+      policy_loss, model, kl_coef=kl_coef, entropy_coef=entropy_coef, temperature=temperature)
+
+  def step(state: train.TrainState, ref_params, batch):
+    grad_fn = jax.value_and_grad(lambda p: loss_fn(p, ref_params, batch), has_aux=True)
+    (_, metrics), grads = grad_fn(state.params)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics["grad_norm"] = optax.tree.norm(grads)
+    return train.TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+  return jax.jit(step, donate_argnums=0)
+
+
+# ----------------------------------------------------------------------------
+# One step of the loop.
+
+
+def _weight_hparams(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
+  hp: dict[str, Any] = {"N": cfg.N}
+  if cfg.algorithm == "bon_rlb" and cfg.max_gain is not None:
+    hp["max_gain"] = float(cfg.max_gain)
+  if cfg.algorithm == "bon_sft" and cfg.lam is not None:
+    hp["lam"] = float(cfg.lam)
+  return hp
+
+
+def expert_completions(
+    tokenizer: Any, task: Any, problems: Sequence[Any], rng: np.random.Generator, length: int
+) -> np.ndarray:
+  """int32[B, length]: one ``task.sft_targets`` demonstration + EOS per problem, PAD after."""
+  out = np.zeros((len(problems), length), np.int32)
+  for i, p in enumerate(problems):
+    ids = [*tokenizer.encode(task.sft_targets(p, rng)), models.EOS_ID]
+    if len(ids) > length:
+      raise config_lib.UserError(
+          f"an expert demonstration has {len(ids)} tokens > config.rl.max_new_tokens={length}; raise it")
+    out[i, : len(ids)] = ids
+  return out
+
+
+def rl_step(
+    state: train.TrainState,
+    ref_params: Params | None,
+    problems: Sequence[Any],
+    *,
+    model: Any,
+    update_fn: Callable[..., Any],
+    tokenizer: Any,
+    task: Any,
+    cfg: ml_collections.ConfigDict,
+    rng: jax.Array,
+    reward_fn: verifier_lib.Verifier | None = None,
+    verifier: verifier_lib.Verifier | None = None,
+    prompt_len: int | None = None,
+    expert_rng: np.random.Generator | None = None,
+) -> tuple[train.TrainState, dict[str, float]]:
+  """Sample, score, weight, update: one step of BoN-aware fine-tuning.
+
+  Args:
+    state: the policy's `train.TrainState` (donated to `update_fn`).
+    ref_params: the frozen reference policy (None: no KL).
+    problems: the B task problems of this step.
+    model: the policy `Transformer`.
+    update_fn: `make_policy_update(...)`.
+    tokenizer: encodes prompts / decodes completions.
+    task: a task module (`prompt_text`, `sft_targets`, `grade`, `answer_key`).
+    cfg: ``config.rl`` (`default_rl_config`).
+    rng: PRNG key of this step's samples.
+    reward_fn: the environment reward R, a `Verifier` callable (default: the
+      task's grader, 0/1).
+    verifier: the selector r for the BoN algorithms (default: R itself).
+    prompt_len: pad prompts to this many tokens (fixed shapes across steps).
+    expert_rng: draws the expert demonstrations (sft, bon_sft).
+
+  Returns:
+    The new state and host metrics: the update's (loss, kl, entropy, weight
+    stats, grad_norm), ``reward_mean`` / ``score_mean`` over policy samples,
+    ``pass@1`` and ``pass@N'`` (unbiased, rewards > 0.5 count as correct)
+    of the training groups, ``clipped_frac`` (bon_rlb: groups whose gain hit
+    max_gain), ``mean_length``, ``tokens_per_s`` (generated tokens per
+    second of the whole step) and ``step_s``.
+  """
+  t0 = time.perf_counter()
+  reward_fn = reward_fn or verifier_lib.grader_verifier(task)
+  n_prime = cfg.N_prime
+  prompts = jnp.asarray(
+      input_pipeline.encode_prompts(tokenizer, [task.prompt_text(p) for p in problems], prompt_len))
+  samples = sampling.sample(model, state.params, prompts, rng, num_samples=n_prime,
+                            max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature)
+  comp = np.asarray(samples.tokens)  # [B, N', T]
+  b = comp.shape[0]
+  with_expert = cfg.algorithm in EXPERT_ALGORITHMS
+  if with_expert:
+    expert_rng = expert_rng if expert_rng is not None else np.random.default_rng(0)
+    expert = expert_completions(tokenizer, task, problems, expert_rng, cfg.max_new_tokens)
+    comp = np.concatenate([expert[:, None], comp], axis=1)
+  first = 1 if with_expert else 0
+  sample_mask = np.ones(comp.shape[:2], np.float32)
+  sample_mask[:, :first] = 0.0
+
+  texts = verifier_lib.decode_completions(tokenizer, comp)
+  rewards = np.asarray(reward_fn(problems, texts, comp), np.float32)
+  scores = rewards if verifier is None else np.asarray(verifier(problems, texts, comp), np.float32)
+  if rewards.shape != comp.shape[:2] or scores.shape != comp.shape[:2]:
+    raise ValueError(f"reward_fn and verifier must return [B, n]={comp.shape[:2]}, got {rewards.shape}, {scores.shape}")
+
+  fn = bon.weights_fn(cfg.algorithm, **_weight_hparams(cfg))
+  mask, inputs = None, {}
+  if cfg.algorithm == "sft":
+    mask = sample_mask == 0  # The expert only.
+  if cfg.algorithm == "maj_at_k":
+    inputs["answers"] = verifier_lib.grade_completions(task, problems, texts)[1]
+  weights = np.asarray(fn(rewards, scores, mask, **inputs), np.float32)
+
+  tokens, cmask = verifier_lib.join_prompt_completion(prompts, jnp.asarray(comp))
+  batch = {"tokens": tokens, "completion_mask": cmask, "weights": jnp.asarray(weights),
+           "sample_mask": jnp.asarray(sample_mask)}
+  state, metrics = update_fn(state, ref_params, batch)
+  metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+
+  pol_r = rewards[:, first:]
+  correct = (pol_r > 0.5).astype(np.float32)
+  metrics["reward_mean"] = float(pol_r.mean())
+  metrics["score_mean"] = float(scores[:, first:].mean())
+  metrics["pass@1"] = float(np.mean(bon.pass_at_k(correct, 1)))
+  metrics[f"pass@{n_prime}"] = float(np.mean(bon.pass_at_k(correct, n_prime)))
+  metrics["weight_abs_max"] = float(np.abs(weights).max())
+  if cfg.algorithm == "bon_rlb":
+    p_fail = 1.0 - correct.mean(axis=-1)
+    clipped = bon.bon_rlb_gains(p_fail, cfg.N, cfg.max_gain)[3]
+    metrics["clipped_frac"] = float(np.mean(clipped))
+  lengths = np.asarray(samples.lengths)
+  metrics["mean_length"] = float(lengths.mean())
+  dt = time.perf_counter() - t0
+  metrics["step_s"] = dt
+  metrics["tokens_per_s"] = float(lengths.sum()) / dt
+  del b
+  return state, metrics
+
+
+# ----------------------------------------------------------------------------
+# The driver.
+
+
+def _optimizer_config(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(dict(
+      learning_rate=cfg.learning_rate, warmup_steps=cfg.warmup_steps, steps=cfg.steps,
+      grad_clip_norm=cfg.grad_clip_norm, weight_decay=cfg.weight_decay))
+
+
+@functools.lru_cache(maxsize=4)
+def _optimizer_and_update(model, opt_items, kl_coef, entropy_coef, temperature):
+  """One compiled update per (model, optimizer settings, coefficients) per process.
+
+  Relaunching `train_rl` in the same process (resume, sweeps, tests) then
+  reuses the compiled program instead of tracing a new closure.
+  """
+  optimizer = train.make_optimizer(ml_collections.ConfigDict(dict(opt_items)))
+  update = make_policy_update(model, optimizer, kl_coef=kl_coef, entropy_coef=entropy_coef,
+                              temperature=temperature)
+  return optimizer, update
+
+
+def step_problems(problems: Sequence[Any], *, seed: int, step: int, num: int) -> tuple[list[Any], np.random.Generator]:
+  """The prompts of `step` and the generator of its expert demonstrations.
+
+  A pure function of (seed, step): a resumed run sees the same prompts.
+  """
+  rng = np.random.default_rng([seed, 0x5EED, step])
+  idx = rng.integers(0, len(problems), size=num)
+  return [problems[i] for i in idx], rng
+
+
+def step_key(seed: int, step: int) -> jax.Array:
+  """The sampling key of `step` (pure function of (seed, step))."""
+  return jax.random.fold_in(jax.random.key(seed), step)
+
+
+def train_rl(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    *,
+    init_params: Params | None = None,
+    problems: Sequence[Any] | None = None,
+    task: Any = None,
+    reward_fn: verifier_lib.Verifier | None = None,
+    verifier: verifier_lib.Verifier | None = None,
+) -> tuple[train.TrainState, list[dict[str, float]]]:
+  """Runs ``config.rl.steps`` steps of `rl_step`, resuming from `workdir`.
+
+  Reuses train.py's TrainState, optimizer, Orbax checkpoint manager (every
+  ``rl.checkpoint_every`` steps, in ``workdir/checkpoints``) and metric
+  writers (``metrics.jsonl`` + TensorBoard). Prompts and sampling keys are
+  pure functions of (config.seed, step), so a resumed run equals an
+  uninterrupted one.
+
+  Args:
+    config: the experiment config (task, tokenizer, model, seed) with an
+      ``rl`` section (`default_rl_config`).
+    workdir: run directory (checked with `config_lib.prepare_workdir`).
+    init_params: the starting policy (e.g. the SFT checkpoint's params); it
+      is also the frozen reference for KL. None: `train.initial_params`.
+      Pass the same params when resuming.
+    problems: training problems (default: the task's train split).
+    task: task module (default: countdown).
+    reward_fn: environment reward (default: the task's grader).
+    verifier: BoN selector (default: from ``config.rl.verifier``).
+
+  Returns:
+    The final state and the metrics logged by this launch.
+  """
+  from bon_jax.tasks import countdown  # pylint: disable=g-import-not-at-top
+
+  rl = config.rl
+  validate_rl_config(rl)
+  config_lib.prepare_workdir(config, workdir)
+  task = task or countdown
+  tok = train.load_tokenizer(config)
+  if problems is None:
+    problems, _ = countdown.make_splits(
+        seed=config.task.seed, num_train=config.task.num_train, num_test=config.task.num_test)
+  model = models.make_model(preset=config.model.preset, vocab_size=tok.vocab_size,
+                            dtype=jnp.dtype(config.model.dtype))
+  ref_params = init_params if init_params is not None else train.initial_params(config, model)
+  # The state is donated at every update: give it its own buffers.
+  params = jax.tree.map(jnp.array, ref_params)
+  opt_items = tuple(sorted(_optimizer_config(rl).items()))
+  optimizer, update_fn = _optimizer_and_update(
+      model, opt_items, float(rl.kl_coef), float(rl.entropy_coef), float(rl.temperature))
+  state = train.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
+  mngr = train._checkpoint_manager(workdir, rl)  # pylint: disable=protected-access
+  state = train.restore_or_init(mngr, state)
+  start = int(state.step)
+
+  if verifier is None and rl.verifier == "learned":
+    try:
+      vparams = verifier_lib.load_verifier(rl.verifier_ckpt, model)
+    except FileNotFoundError as e:
+      raise config_lib.UserError(str(e)) from None
+    verifier = verifier_lib.learned_verifier(model, vparams, tokenizer=tok, task=task)
+  prompt_len = int(input_pipeline.encode_prompts(tok, [task.prompt_text(p) for p in problems]).shape[1])
+  jsonl = train._JsonlWriter(os.path.join(workdir, "metrics.jsonl"))  # pylint: disable=protected-access
+  from clu import metric_writers  # pylint: disable=g-import-not-at-top  (imports TensorFlow)
+
+  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  history = []
+  try:
+    for step in range(start, rl.steps):
+      chosen, expert_rng = step_problems(problems, seed=config.seed, step=step, num=rl.prompts_per_step)
+      state, metrics = rl_step(
+          state, ref_params, chosen, model=model, update_fn=update_fn, tokenizer=tok, task=task, cfg=rl,
+          rng=step_key(config.seed, step), reward_fn=reward_fn, verifier=verifier,
+          prompt_len=prompt_len, expert_rng=expert_rng)
+      done = step + 1
+      mngr.save(done, args=ocp.args.StandardSave(state))
+      if done % rl.log_every == 0 or done == rl.steps:
+        writer.write_scalars(done, metrics)
+        jsonl.write(done, metrics)
+        history.append({"step": done, **metrics})
+        logging.info("rl step %d: loss %.4f reward %.3f pass@1 %.3f kl %.4f", done, metrics["loss"],
+                     metrics["reward_mean"], metrics["pass@1"], metrics.get("kl", 0.0))
+    if start < rl.steps and mngr.latest_step() != rl.steps:
+      mngr.save(rl.steps, args=ocp.args.StandardSave(state), force=True)
+  finally:
+    # Also on a crash: finish the pending (async) checkpoint so a rerun resumes from it.
+    mngr.wait_until_finished()
+    writer.flush()
+    jsonl.close()
+    mngr.close()
+  return state, history

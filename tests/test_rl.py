@@ -1,0 +1,263 @@
+"""The BoN-aware fine-tuning loop: the update's gradient, regularisers, every
+algorithm end to end, exact resume, and a learning test that can fail."""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+from bon_jax import config_lib
+from bon_jax import models
+from bon_jax import rl
+from bon_jax import tokenizer as tokenizer_lib
+from bon_jax import train
+from bon_jax.tasks import countdown
+from configs import demo
+
+VOCAB = 64
+
+
+@pytest.fixture(scope="module")
+def policy():
+  model = models.make_model(preset="micro", vocab_size=VOCAB)
+  return model, models.init_params(model, jax.random.key(0))
+
+
+def _batch(seed=0, b=2, n=3, p=4, t=5):
+  """Random right-padded prompt+completion rows, their mask built by hand, random weights."""
+  rng = np.random.default_rng(seed)
+  tokens = np.zeros((b, n, p + t), np.int32)
+  mask = np.zeros((b, n, p + t - 1), np.float32)
+  for i in range(b):
+    plen = int(rng.integers(1, p + 1))
+    prompt = [models.BOS_ID, *rng.integers(3, VOCAB, plen - 1)]
+    for j in range(n):
+      clen = int(rng.integers(1, t + 1))
+      seq = prompt + list(rng.integers(1, VOCAB, clen))
+      tokens[i, j, : len(seq)] = seq
+      mask[i, j, plen - 1 : plen - 1 + clen] = 1.0
+  return {
+      "tokens": jnp.asarray(tokens),
+      "completion_mask": jnp.asarray(mask),
+      "weights": jnp.asarray(rng.normal(size=(b, n)), jnp.float32),
+      "sample_mask": jnp.ones((b, n), jnp.float32),
+  }
+
+
+def _state(params, optimizer):
+  params = jax.tree.map(jnp.array, params)  # Donated by the update: a copy.
+  return train.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
+
+
+def _tree_allclose(a, b, **kw):
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(np.asarray(x), np.asarray(y), **kw), a, b)
+
+
+def test_update_gradient_is_weighted_sum_of_sequence_logprob_gradients(policy):
+  model, params = policy
+  batch = _batch()
+  b, n, length = batch["tokens"].shape
+
+  def reference(p):  # (1/B) sum_r w_r sum_t mask log pi, by teacher forcing.
+    logp = models.token_logprobs(model, p, batch["tokens"].reshape(b * n, length))
+    seq = jnp.sum(logp * batch["completion_mask"].reshape(b * n, -1), axis=-1)
+    return jnp.sum(batch["weights"].reshape(-1) * seq) / b
+
+  want = jax.grad(reference)(params)
+  got = jax.grad(lambda p: rl.policy_loss(model, p, None, batch)[0])(params)
+  _tree_allclose(got, jax.tree.map(jnp.negative, want), rtol=1e-4, atol=1e-6)
+  # The jitted update with plain SGD (lr 1) moves the params by exactly that gradient.
+  update = rl.make_policy_update(model, optax.sgd(1.0))
+  state, metrics = update(_state(params, optax.sgd(1.0)), None, batch)
+  _tree_allclose(state.params, jax.tree.map(lambda p, g: p + g, params, want), rtol=1e-4, atol=1e-5)
+  assert metrics["loss"] == pytest.approx(-float(reference(params)), rel=1e-5)
+
+
+def test_kl_is_zero_at_the_reference_and_positive_after_an_update(policy):
+  model, params = policy
+  batch = _batch(seed=1)
+  _, at_ref = rl.policy_loss(model, params, params, batch, kl_coef=1.0)
+  assert float(at_ref["kl"]) == pytest.approx(0.0, abs=1e-6)
+  assert float(at_ref["kl_k3"]) == pytest.approx(0.0, abs=1e-6)
+  opt = optax.sgd(0.05)
+  state, _ = rl.make_policy_update(model, opt, kl_coef=0.5)(_state(params, opt), params, batch)
+  _, moved = rl.policy_loss(model, state.params, params, batch, kl_coef=0.5)
+  assert float(moved["kl"]) > 1e-4 and float(moved["kl_k3"]) > 0.0
+  # The KL term pulls back: a KL-only step from the moved params lowers the KL.
+  kl_only = dict(batch, weights=jnp.zeros_like(batch["weights"]))
+  back, _ = rl.make_policy_update(model, opt, kl_coef=1.0)(_state(state.params, opt), params, kl_only)
+  _, after = rl.policy_loss(model, back.params, params, batch)
+  assert float(after["kl"]) < float(moved["kl"])
+
+
+def test_entropy_bonus_raises_and_its_negative_lowers_entropy(policy):
+  model, params = policy
+  batch = dict(_batch(seed=2), weights=jnp.zeros((2, 3), jnp.float32))
+  _, m0 = rl.policy_loss(model, params, None, batch)
+  opt = optax.sgd(0.05)
+  ents = {}
+  for coef in (1.0, -1.0):
+    # The loss is -coef * (sum of token entropies per policy sample).
+    loss, m = rl.policy_loss(model, params, None, batch, entropy_coef=coef)
+    assert float(loss) == pytest.approx(-coef * float(m["entropy_seq"]), rel=1e-6)
+    state, _ = rl.make_policy_update(model, opt, entropy_coef=coef)(_state(params, opt), None, batch)
+    ents[coef] = float(rl.policy_loss(model, state.params, None, batch)[1]["entropy"])
+  assert ents[1.0] > float(m0["entropy"]) > ents[-1.0]
+
+
+# ----------------------------------------------------------------------------
+# Whole steps on the micro policy with the task tokenizer.
+
+
+@pytest.fixture(scope="module")
+def setup():
+  tok = tokenizer_lib.task_tokenizer()
+  problems, _ = countdown.make_splits(seed=0, num_train=16, num_test=2)
+  model = models.make_model(preset="micro", vocab_size=tok.vocab_size)
+  params = models.init_params(model, jax.random.key(0))
+  prompt_len = max(len(tok.encode(countdown.prompt_text(p))) + 1 for p in problems)
+  return tok, problems, model, params, prompt_len
+
+
+def _rl_cfg(**kw):
+  cfg = rl.default_rl_config()
+  cfg.N_prime, cfg.N, cfg.prompts_per_step, cfg.max_new_tokens = 4, 2, 2, 24
+  cfg.update(kw)
+  return cfg
+
+
+def _step(setup, cfg, *, params=None, update=None, reward_fn=None, seed=1, step_problems=None):
+  tok, problems, model, init, prompt_len = setup
+  params = init if params is None else params
+  opt = train.make_optimizer(rl._optimizer_config(cfg))
+  update = update or rl.make_policy_update(model, opt, kl_coef=cfg.kl_coef, entropy_coef=cfg.entropy_coef)
+  chosen = step_problems or problems[: cfg.prompts_per_step]
+  return rl.rl_step(_state(params, opt), init, chosen, model=model, update_fn=update, tokenizer=tok,
+                    task=countdown, cfg=cfg, rng=jax.random.key(seed), reward_fn=reward_fn,
+                    prompt_len=prompt_len, expert_rng=np.random.default_rng(seed))
+
+
+@pytest.mark.parametrize("algorithm", ["rloo", "pass_at_k"])
+@pytest.mark.parametrize("reward", [0.0, 1.0])
+def test_equal_rewards_give_zero_weights_and_unchanged_params(setup, algorithm, reward):
+  const = lambda problems, texts, tokens: np.full(tokens.shape[:2], reward, np.float32)
+  cfg = _rl_cfg(algorithm=algorithm, learning_rate=1e-2, weight_decay=0.0)
+  state, metrics = _step(setup, cfg, reward_fn=const)
+  assert metrics["weight_abs_max"] == 0.0 and metrics["grad_norm"] == 0.0
+  _tree_allclose(state.params, setup[3], rtol=0, atol=0)
+
+
+@pytest.fixture(scope="module")
+def shared_updates(setup):
+  """One compiled update per group width, shared by the per-algorithm tests."""
+  cfg = _rl_cfg(kl_coef=0.1, entropy_coef=0.01)
+  opt = train.make_optimizer(rl._optimizer_config(cfg))
+  return rl.make_policy_update(setup[2], opt, kl_coef=0.1, entropy_coef=0.01)
+
+
+@pytest.mark.parametrize("algorithm", rl.ALGORITHMS)
+def test_every_algorithm_runs_a_step_without_nans(setup, shared_updates, algorithm):
+  # A reward that is not constant within groups, so every weight function is exercised.
+  reward = lambda problems, texts, tokens: (tokens[..., 0] % 3 == 0).astype(np.float32)
+  cfg = _rl_cfg(algorithm=algorithm, kl_coef=0.1, entropy_coef=0.01)
+  state, metrics = _step(setup, cfg, update=shared_updates, reward_fn=reward)
+  assert all(np.isfinite(v) for v in metrics.values()), metrics
+  assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(state.params))
+  for key in ("loss", "kl", "entropy", "reward_mean", "pass@1", "pass@4", "weight_max", "tokens_per_s"):
+    assert key in metrics, key
+  if algorithm == "sft":  # Weight 1 on the expert, 0 on the policy samples.
+    assert metrics["weight_max"] == 1.0 and metrics["weight_min"] == 0.0
+  if algorithm == "bon_rlb":
+    assert 0.0 <= metrics["clipped_frac"] <= 1.0
+
+
+def _first_token_prob(model, params, prompts, good):
+  """Exact P(first generated token in `good`) under the sampler's policy (PAD masked), mean over prompts."""
+  logits = model.apply({"params": params}, prompts, return_last_only=True).logits
+  probs = jax.nn.softmax(logits.at[:, models.PAD_ID].set(-jnp.inf), axis=-1)
+  return float(jnp.mean(jnp.sum(probs * good, axis=-1)))
+
+
+def test_rloo_raises_an_easy_reward(setup):
+  tok, problems, model, init, prompt_len = setup
+  good = (np.arange(tok.vocab_size) % 4 == 0).astype(np.float32)
+  reward = lambda problems, texts, tokens: good[tokens[..., 0]]
+  cfg = _rl_cfg(algorithm="rloo", N_prime=8, prompts_per_step=4, max_new_tokens=2, learning_rate=3e-3,
+                steps=100)
+  opt = train.make_optimizer(rl._optimizer_config(cfg))
+  update = rl.make_policy_update(model, opt)
+  state = _state(init, opt)
+  prompts = jnp.asarray(np.stack([
+      np.pad(e := [models.BOS_ID, *tok.encode(countdown.prompt_text(p))], (0, prompt_len - len(e)))
+      for p in problems]))
+  before = _first_token_prob(model, init, prompts, good)
+  rewards = []
+  for step in range(30):
+    chosen, _ = rl.step_problems(problems, seed=0, step=step, num=cfg.prompts_per_step)
+    state, metrics = rl.rl_step(state, None, chosen, model=model, update_fn=update, tokenizer=tok,
+                                task=countdown, cfg=cfg, rng=rl.step_key(0, step), reward_fn=reward,
+                                prompt_len=prompt_len)
+    rewards.append(metrics["reward_mean"])
+  after = _first_token_prob(model, state.params, prompts, good)
+  assert 0.1 < before < 0.4
+  assert after > before + 0.4, (before, after, rewards)
+  assert np.mean(rewards[-5:]) > np.mean(rewards[:5]) + 0.3
+
+
+# ----------------------------------------------------------------------------
+# The driver.
+
+
+class _Preempted(Exception):
+  pass
+
+
+def test_resumed_run_matches_uninterrupted_run(tmp_path, setup):
+  init = setup[3]
+  c = demo.get_config()
+  c.model.preset = "micro"
+  c.task.num_train = 16
+  c.task.num_test = 2
+  c.eval.num_prompts = 2
+  c.rl = _rl_cfg(algorithm="bon_rl_s", steps=4, learning_rate=1e-3, warmup_steps=1, kl_coef=0.05,
+                 checkpoint_every=2)
+  calls = []
+
+  def reward(problems, texts, tokens, crash_at=None):
+    calls.append(1)
+    if len(calls) == crash_at:
+      raise _Preempted
+    return (tokens[..., 0] % 3 == 0).astype(np.float32)
+
+  full_state, full_hist = rl.train_rl(c, str(tmp_path / "full"), init_params=init, reward_fn=reward)
+  calls.clear()
+  with pytest.raises(_Preempted):  # Dies in step 3, after the checkpoint of step 2.
+    rl.train_rl(c, str(tmp_path / "cut"), init_params=init,
+                reward_fn=lambda *a: reward(*a, crash_at=3))
+  cut_state, cut_hist = rl.train_rl(c, str(tmp_path / "cut"), init_params=init, reward_fn=reward)
+  assert [h["step"] for h in full_hist] == [1, 2, 3, 4] and [h["step"] for h in cut_hist] == [3, 4]
+  assert int(cut_state.step) == 4
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
+               full_state.params, cut_state.params)
+  assert cut_hist[-1]["loss"] == full_hist[-1]["loss"]
+  assert full_hist[0]["kl"] == pytest.approx(0.0, abs=1e-6) and full_hist[-1]["kl"] > 0.0
+
+
+@pytest.mark.parametrize(
+    "field,value,match",
+    [
+        ("algorithm", "ppo", "algorithm='ppo' is unknown"),
+        ("N", 3, "N_prime=4 must be a multiple of config.rl.N=3"),
+        ("N_prime", 0, "N_prime must be an integer >= 1"),
+        ("temperature", 0.0, "temperature must be > 0"),
+        ("verifier", "learned", "needs config.rl.verifier_ckpt"),
+    ],
+)
+def test_bad_rl_config_is_a_one_line_user_error(field, value, match):
+  cfg = _rl_cfg(algorithm="bon_rl_v")
+  cfg[field] = value
+  with pytest.raises(config_lib.UserError, match=match) as e:
+    rl.validate_rl_config(cfg)
+  assert "\n" not in str(e.value)
