@@ -478,6 +478,8 @@ def train_rl(
   optimizer, update_fn = _optimizer_and_update(
       model, opt_items, float(rl.kl_coef), float(rl.entropy_coef), float(rl.temperature))
   state = train.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
+  # Committed like restored arrays, so a resumed run reuses the compiled programs.
+  state = jax.device_put(state, jax.devices()[0])
   mngr = train._checkpoint_manager(workdir, rl)  # pylint: disable=protected-access
   state = train.restore_or_init(mngr, state)
   start = int(state.step)
