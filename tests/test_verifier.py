@@ -92,7 +92,7 @@ def test_bce_training_separates_synthetic_data_and_bo_k_follows(model):
   held_tokens, held_labels = _synthetic(rng, 96)
   held = {"tokens": held_tokens.reshape(24, 4, -1), "labels": held_labels.reshape(24, 4)}
   before = verifier.evaluate_verifier(model, params, held, ks=(1, 4))
-  params, hist = verifier.train_verifier(model, params, tokens, labels, steps=120, batch_size=32,
+  params, hist = verifier.train_verifier(model, params, tokens, labels, steps=60, batch_size=32,
                                          learning_rate=3e-3, seed=0)
   assert hist[-1]["loss"] < 0.5 * hist[0]["loss"]
   after = verifier.evaluate_verifier(model, params, held, ks=(1, 4))
@@ -117,11 +117,14 @@ def test_learned_verifier_scores_prompt_plus_completion(model):
   comps = np.array([[[7, 8, 1, 0], [9, 1, 0, 0]], [[4, 4, 4, 4], [1, 0, 0, 0]]], np.int32)
   fn = verifier.learned_verifier(model, params, tokenizer=Tok(), task=Task, batch_size=3)
   got = fn(["ab", "c"], None, comps)
+  # The same sequences packed by hand: [BOS] prompt completion, PAD to the same length.
+  want = np.zeros((2, 2, 3 + 4), np.int32)
   for b, prompt in enumerate(["ab", "c"]):
     for n in range(2):
-      comp = [int(x) for x in comps[b, n] if x]
-      seq = jnp.asarray([[models.BOS_ID, *Tok().encode(prompt), *comp]])
-      np.testing.assert_allclose(got[b, n], verifier.score(model, params, seq)[0], rtol=1e-5, atol=1e-6)
+      seq = [models.BOS_ID, *Tok().encode(prompt), *[int(x) for x in comps[b, n] if x]]
+      want[b, n, : len(seq)] = seq
+  np.testing.assert_allclose(got, verifier.score_batched(model, params, want, 3), rtol=1e-5, atol=1e-6)
+  assert got.shape == (2, 2) and abs(got[0, 0] - got[0, 1]) > 1e-6
 
 
 def test_grader_verifier_grades_with_the_task():
