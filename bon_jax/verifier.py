@@ -340,20 +340,22 @@ def _jitted_score(model: Any):
 
 
 def evaluate_verifier(
-    model: Any, params: Params, data: dict[str, np.ndarray], *, ks: Sequence[int] = (1, 2, 4)
+    model: Any, params: Params, data: dict[str, np.ndarray], *, ks: Sequence[int] = (1, 2, 4),
+    batch_size: int = 64,
 ) -> dict[str, Any]:
   """AUC and Bo-k accuracy of the verifier on held-out groups.
 
   Args:
     data: `make_verifier_data` output (tokens [P, N, L], labels [P, N]).
     ks: subset sizes for Bo-k (each <= N).
+    batch_size: sequences per scoring call.
 
   Returns:
     {"auc", "bo@k": [..], "pass@k": [..], "ks": [..]}: Bo-k is the unbiased
     verifier-selected accuracy (`bon.best_of_k`), pass@k its oracle ceiling
     (the grader as verifier); both averaged over prompts.
   """
-  scores = score_batched(model, params, data["tokens"])
+  scores = score_batched(model, params, data["tokens"], batch_size)
   labels = np.asarray(data["labels"], np.float32)
   return {
       "auc": auc(scores, labels),
@@ -420,7 +422,68 @@ def default_verifier_config() -> ml_collections.ConfigDict:
   c.warmup_steps = 20
   c.seed = 0
   c.ks = (1, 2, 4, 8)
+  c.prompts_per_batch = 32  # Sampling and scoring chunk (one compiled shape each).
   return c
+
+
+def run_verifier_stage(
+    cfg: ml_collections.ConfigDict,
+    *,
+    model: Any,
+    policy_params: Params,
+    tokenizer: Any,
+    task: Any,
+    train_problems: Sequence[Any],
+    test_problems: Sequence[Any],
+    out_dir: str | None = None,
+) -> tuple[Params, dict[str, Any]]:
+  """The verifier stage: sample and grade, train with BCE, evaluate, save.
+
+  Args:
+    cfg: `default_verifier_config()`.
+    model: the backbone architecture (the policy's).
+    policy_params: the policy that produces the samples (and the backbone
+      init when ``cfg.init == "policy"``).
+    tokenizer, task: as in `make_verifier_data`.
+    train_problems, test_problems: the first ``cfg.num_prompts`` /
+      ``cfg.holdout_prompts`` of each are used.
+    out_dir: if set, the params are saved to ``out_dir/verifier`` (reload
+      with `load_verifier`; `bon_jax.rl` takes that path as
+      ``config.rl.verifier_ckpt``).
+
+  Returns:
+    The trained params and a report: held-out ``auc``, ``bo@k``, ``pass@k``
+    and ``ks`` (`evaluate_verifier`), the training ``label_mean`` and
+    ``final_loss``.
+  """
+  if cfg.init not in ("policy", "random"):
+    raise ValueError(f"verifier init must be 'policy' or 'random', got {cfg.init!r}")
+  if len(train_problems) < cfg.num_prompts or len(test_problems) < cfg.holdout_prompts:
+    raise ValueError(
+        f"the verifier stage needs {cfg.num_prompts} train and {cfg.holdout_prompts} held-out problems,"
+        f" got {len(train_problems)} and {len(test_problems)}")
+  ks = [k for k in cfg.ks if k <= cfg.num_samples]
+  key = jax.random.key(cfg.seed)
+  data_kw = dict(tokenizer=tokenizer, task=task, num_samples=cfg.num_samples,
+                 max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                 prompts_per_batch=cfg.prompts_per_batch)
+  train_data = make_verifier_data(model, policy_params, problems=train_problems[: cfg.num_prompts],
+                                  rng=jax.random.fold_in(key, 0), **data_kw)
+  held = make_verifier_data(model, policy_params, problems=test_problems[: cfg.holdout_prompts],
+                            rng=jax.random.fold_in(key, 1), **data_kw)
+  params = init_verifier(model, jax.random.fold_in(key, 2),
+                         backbone=policy_params if cfg.init == "policy" else None)
+  length = train_data["tokens"].shape[-1]
+  params, history = train_verifier(
+      model, params, train_data["tokens"].reshape(-1, length), train_data["labels"].reshape(-1),
+      steps=cfg.steps, batch_size=cfg.batch_size, learning_rate=cfg.learning_rate,
+      weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps, seed=cfg.seed)
+  report = evaluate_verifier(model, params, held, ks=ks, batch_size=cfg.prompts_per_batch)
+  report["label_mean"] = float(train_data["labels"].mean())
+  report["final_loss"] = history[-1]["loss"] if history else float("nan")
+  if out_dir is not None:
+    save_verifier(os.path.join(out_dir, "verifier"), params)
+  return params, report
 
 
 def save_verifier(path: str, params: Params) -> None:

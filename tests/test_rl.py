@@ -1,6 +1,8 @@
 """The BoN-aware fine-tuning loop: the update's gradient, regularisers, every
 algorithm end to end, exact resume, and a learning test that can fail."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -21,7 +23,8 @@ def setup():
   """The task tokenizer, a few problems, the micro policy and a fixed prompt length."""
   tok = tokenizer_lib.task_tokenizer()
   problems, _ = countdown.make_splits(seed=0, num_train=16, num_test=2)
-  model = models.make_model(preset="micro", vocab_size=tok.vocab_size)
+  # dtype as train_rl spells it (jnp.dtype("float32")), so the model hashes alike and programs are shared.
+  model = models.make_model(preset="micro", vocab_size=tok.vocab_size, dtype=jnp.dtype("float32"))
   params = jax.jit(models.init_params, static_argnums=0)(model, jax.random.key(0))  # One compile, not eager.
   prompt_len = max(len(tok.encode(countdown.prompt_text(p))) + 1 for p in problems)
   return tok, problems, model, params, prompt_len
@@ -50,7 +53,8 @@ def _batch(vocab, seed=0, b=2, n=3, p=4, t=5):
 
 def _state(params, optimizer):
   params = jax.tree.map(jnp.array, params)  # Donated by the update: a copy.
-  return train.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
+  state = train.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
+  return jax.device_put(state, jax.devices()[0])  # Committed, as in train_rl: the same compiled programs.
 
 
 def _tree_allclose(a, b, **kw):
@@ -123,8 +127,9 @@ def _rl_cfg(**kw):
 @pytest.fixture(scope="module")
 def adam_update(setup):
   """One compiled AdamW update (no KL / entropy terms, no weight decay) shared by the step tests."""
-  opt = train.make_optimizer(rl._optimizer_config(_rl_cfg()))
-  return opt, rl.make_policy_update(setup[2], opt)
+  # train_rl's own cache: the driver test below runs with these settings and reuses the program.
+  items = tuple(sorted(rl._optimizer_config(_rl_cfg()).items()))
+  return rl._optimizer_and_update(setup[2], items, 0.0, 0.0, 1.0)
 
 
 def _step(setup, adam_update, cfg, reward_fn):
@@ -223,28 +228,34 @@ def test_resumed_run_matches_uninterrupted_run(tmp_path, setup):
   c.task.num_train = 16
   c.task.num_test = 2
   c.eval.num_prompts = 2
-  c.rl = _rl_cfg(algorithm="bon_rl_s", steps=4, learning_rate=1e-3, warmup_steps=1, kl_coef=0.05,
-                 checkpoint_every=2)
+  # The shared AdamW settings (schedule over rl.steps = 200); both runs are cut after step 4.
+  c.rl = _rl_cfg(algorithm="bon_rl_s", checkpoint_every=2)
   calls = []
 
-  def reward(problems, texts, tokens, crash_at=None):
+  def reward(problems, texts, tokens, crash_at):
     calls.append(1)
-    if len(calls) == crash_at:
+    if len(calls) in crash_at:
       raise _Preempted
     return (tokens[..., 0] % 3 == 0).astype(np.float32)
 
-  full_state, full_hist = rl.train_rl(c, str(tmp_path / "full"), init_params=init, reward_fn=reward)
-  calls.clear()
-  with pytest.raises(_Preempted):  # Dies in step 3, after the checkpoint of step 2.
-    rl.train_rl(c, str(tmp_path / "cut"), init_params=init,
-                reward_fn=lambda *a: reward(*a, crash_at=3))
-  cut_state, cut_hist = rl.train_rl(c, str(tmp_path / "cut"), init_params=init, reward_fn=reward)
-  assert [h["step"] for h in full_hist] == [1, 2, 3, 4] and [h["step"] for h in cut_hist] == [3, 4]
-  assert int(cut_state.step) == 4
+  def run(name, crash_at):
+    calls.clear()
+    with pytest.raises(_Preempted):
+      rl.train_rl(c, str(tmp_path / name), init_params=init, reward_fn=lambda *a: reward(*a, crash_at))
+
+  run("full", crash_at=(5,))  # Steps 1..4, dies in step 5.
+  run("cut", crash_at=(3,))  # Dies in step 3, after the checkpoint of step 2 ...
+  run("cut", crash_at=(3,))  # ... resumes at step 3, dies in step 5.
+  restore = lambda name: train._checkpoint_manager(str(tmp_path / name), c.rl).restore(4)
+  full, cut = restore("full"), restore("cut")
+  assert int(cut["step"]) == 4
   jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
-               full_state.params, cut_state.params)
-  assert cut_hist[-1]["loss"] == full_hist[-1]["loss"]
-  assert full_hist[0]["kl"] == pytest.approx(0.0, abs=1e-6) and full_hist[-1]["kl"] > 0.0
+               full["params"], cut["params"])
+  lines = lambda name: [json.loads(l) for l in open(tmp_path / name / "metrics.jsonl")]
+  assert [l["step"] for l in lines("full")] == [1, 2, 3, 4]
+  assert [l["step"] for l in lines("cut")] == [1, 2, 3, 4]  # Step 3 failed before logging.
+  assert lines("cut")[-1]["loss"] == lines("full")[-1]["loss"]
+  assert lines("full")[0]["kl"] == pytest.approx(0.0, abs=1e-6) and lines("full")[-1]["kl"] > 0.0
 
 
 @pytest.mark.parametrize(
