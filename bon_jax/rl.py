@@ -338,7 +338,6 @@ def rl_step(
   samples = sampling.sample(model, state.params, prompts, rng, num_samples=n_prime,
                             max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature)
   comp = np.asarray(samples.tokens)  # [B, N', T]
-  b = comp.shape[0]
   with_expert = cfg.algorithm in EXPERT_ALGORITHMS
   if with_expert:
     expert_rng = expert_rng if expert_rng is not None else np.random.default_rng(0)
@@ -384,7 +383,6 @@ def rl_step(
   dt = time.perf_counter() - t0
   metrics["step_s"] = dt
   metrics["tokens_per_s"] = float(lengths.sum()) / dt
-  del b
   return state, metrics
 
 
