@@ -39,7 +39,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
   """absl flag parsing, with config-file and override errors on one line."""
   try:
     rest = flags.FLAGS(argv)
-    _ = _CONFIG.value  # Loads the config file and applies the overrides.
+    _CONFIG.value.to_dict()  # Loads the config file and applies the overrides.
   except flags.Error as e:
     print(f"error: {_one_line(e)}", file=sys.stderr)
     sys.exit(2)
