@@ -214,7 +214,11 @@ def policy_loss(
   }
   if ref_params is not None:
     ref_all = jax.lax.stop_gradient(log_probs(ref_params))
-    kl_tok = jnp.sum(probs * (logp_all - ref_all), axis=-1)  # exact per-prefix KL
+    # Exact per-prefix KL. Its gradient is sum_v grad(p_v) (log p_v - log ref_v): the other
+    # term, sum_v p_v grad log p_v = grad sum_v p_v, is 0 analytically but float noise
+    # (~1e-7) that Adam would blow up to full steps when the weights are all 0, so the
+    # log-ratio is held fixed (same value, exact gradient, 0 where pi == pi_ref).
+    kl_tok = jnp.sum(probs * jax.lax.stop_gradient(logp_all - ref_all), axis=-1)
     kl_seq = jnp.sum(smask * kl_tok) / num_samples
     ref_logp = jnp.take_along_axis(ref_all, flat[:, 1:, None], axis=-1)[..., 0]
     log_r = ref_logp - logp
