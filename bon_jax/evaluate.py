@@ -170,7 +170,9 @@ def write_report(results: dict[str, Any], out_dir: str, name: str) -> tuple[str,
   for curve in CURVES:
     mean = np.asarray(results["overall"][curve])
     ci = np.asarray(results["overall"][curve + "_ci95"])
-    ax.plot(ks, 100 * mean, marker="o", label=curve)
+    # With the grader as verifier bo@k equals pass@k: dash it so both show.
+    label = "bo@k (grader verifier)" if curve == "bo@k" else curve
+    ax.plot(ks, 100 * mean, marker="o", label=label, linestyle="--" if curve == "bo@k" else "-")
     ax.fill_between(ks, 100 * (mean - ci), 100 * (mean + ci), alpha=0.15)
   ax.set_xscale("log", base=2)
   ax.set_xticks(ks, [str(k) for k in ks])

@@ -161,8 +161,10 @@ def make_model(
     *, preset: str, vocab_size: int | None = None, dtype: Any = jnp.float32
 ) -> gm.nn.Transformer:
   """Builds the gemma `Transformer` of a preset."""
+  # Normalised, so `jnp.float32` and `jnp.dtype("float32")` give equal *and
+  # equally hashed* models: the model is a static jit argument.
   return gm.nn.Transformer(
-      config=transformer_config(preset, vocab_size), dtype=dtype
+      config=transformer_config(preset, vocab_size), dtype=jnp.dtype(dtype)
   )
 
 

@@ -482,7 +482,7 @@ def train_rl(
   state = train.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
   # Committed like restored arrays, so a resumed run reuses the compiled programs.
   state = jax.device_put(state, jax.devices()[0])
-  mngr = train._checkpoint_manager(workdir, rl)  # pylint: disable=protected-access
+  mngr = train.checkpoint_manager(workdir, rl)
   state = train.restore_or_init(mngr, state)
   start = int(state.step)
 
@@ -493,7 +493,7 @@ def train_rl(
       raise config_lib.UserError(str(e)) from None
     verifier = verifier_lib.learned_verifier(model, vparams, tokenizer=tok, task=task)
   prompt_len = int(input_pipeline.encode_prompts(tok, [task.prompt_text(p) for p in problems]).shape[1])
-  jsonl = train._JsonlWriter(os.path.join(workdir, "metrics.jsonl"))  # pylint: disable=protected-access
+  jsonl = train.JsonlWriter(os.path.join(workdir, "metrics.jsonl"))
   from clu import metric_writers  # pylint: disable=g-import-not-at-top  (imports TensorFlow)
 
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)

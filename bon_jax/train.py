@@ -134,7 +134,7 @@ def initial_params(config: ml_collections.ConfigDict, model: Any) -> Any:
   return models.init_params(model, jax.random.key(config.seed))
 
 
-class _JsonlWriter:
+class JsonlWriter:
   """Appends one JSON object per step; readers keep the last line of a step."""
 
   def __init__(self, path: str):
@@ -148,7 +148,7 @@ class _JsonlWriter:
     self._f.close()
 
 
-def _checkpoint_manager(workdir: str, cfg: ml_collections.ConfigDict) -> ocp.CheckpointManager:
+def checkpoint_manager(workdir: str, cfg: ml_collections.ConfigDict) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(
       os.path.join(os.path.abspath(workdir), "checkpoints"),
       options=ocp.CheckpointManagerOptions(
@@ -202,7 +202,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
   logging.info("Policy: %s preset, %d parameters", config.model.preset, models.num_params(params))
 
-  mngr = _checkpoint_manager(workdir, config.train)
+  mngr = checkpoint_manager(workdir, config.train)
   state = restore_or_init(mngr, state)
   start = int(state.step)
 
@@ -210,7 +210,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       train_set, tokenizer=tok, prompt_fn=countdown.prompt_text, target_fn=countdown.sft_targets
   )
   train_step = make_sft_step(model, optimizer)
-  jsonl = _JsonlWriter(os.path.join(workdir, "metrics.jsonl"))
+  jsonl = JsonlWriter(os.path.join(workdir, "metrics.jsonl"))
   from clu import metric_writers  # pylint: disable=g-import-not-at-top  (imports TensorFlow)
 
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)

@@ -246,7 +246,7 @@ def test_resumed_run_matches_uninterrupted_run(tmp_path, setup):
   run("full", crash_at=(5,))  # Steps 1..4, dies in step 5.
   run("cut", crash_at=(3,))  # Dies in step 3, after the checkpoint of step 2 ...
   run("cut", crash_at=(3,))  # ... resumes at step 3, dies in step 5.
-  restore = lambda name: train._checkpoint_manager(str(tmp_path / name), c.rl).restore(4)
+  restore = lambda name: train.checkpoint_manager(str(tmp_path / name), c.rl).restore(4)
   full, cut = restore("full"), restore("cut")
   assert int(cut["step"]) == 4
   jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),

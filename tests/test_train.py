@@ -75,10 +75,10 @@ def test_resumed_run_matches_uninterrupted_run(tmp_path, monkeypatch):
   with pytest.raises(KeyboardInterrupt):
     train.train_and_evaluate(_tiny_config(steps=4), cut)
   monkeypatch.setattr(input_pipeline, "sft_batch", real_batch)
-  assert train._checkpoint_manager(cut, _tiny_config().train).latest_step() == 2
+  assert train.checkpoint_manager(cut, _tiny_config().train).latest_step() == 2
   train.train_and_evaluate(_tiny_config(steps=4), cut)
 
-  restore = lambda d: train._checkpoint_manager(d, _tiny_config().train)
+  restore = lambda d: train.checkpoint_manager(d, _tiny_config().train)
   a = restore(full).restore(4)
   b = restore(cut).restore(4)
   jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), a["params"], b["params"])
@@ -126,7 +126,7 @@ def test_restore_refuses_parameters_of_another_shape(tmp_path):
   import jax.numpy as jnp
   from bon_jax import models
   cfg = _tiny_config()
-  mngr = train._checkpoint_manager(str(tmp_path), cfg.train)
+  mngr = train.checkpoint_manager(str(tmp_path), cfg.train)
   opt = train.make_optimizer(cfg.train)
 
   def state_for(preset):
