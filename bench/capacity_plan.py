@@ -278,7 +278,7 @@ def _gb(x: float) -> str:
 
 
 def _s(x: float) -> str:
-  return f"{x:.2f}" if x >= 0.1 else f"{x * 1e3:.1f} ms"
+  return f"{x:.2f} s" if x >= 0.1 else f"{x * 1e3:.1f} ms"
 
 
 def plan(models_: list[str], hardware: list[str], w: Workload) -> list[dict]:
