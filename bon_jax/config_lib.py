@@ -18,6 +18,8 @@ from bon_jax import models
 # of them cannot resume from it.
 IDENTITY_FIELDS = ("task", "tokenizer", "model", "seed")
 CONFIG_FILE = "config.json"
+# config.task.name values (bon_jax/tasks/registry.py).
+TASKS = ("countdown", "hendrycks_math", "humaneval")
 
 
 class UserError(Exception):
@@ -51,8 +53,18 @@ def validate(config: ml_collections.ConfigDict) -> None:
       f"config.model.dtype must be 'float32' or 'bfloat16', got {config.model.dtype!r}",
   )
   _require(
-      config.task.name == "countdown",
-      f"config.task.name={config.task.name!r} is unknown; choose 'countdown'",
+      config.task.name in TASKS,
+      f"config.task.name={config.task.name!r} is unknown; choose one of {TASKS}",
+  )
+  lora_rank = config.model.get("lora_rank", 0)
+  _require(
+      isinstance(lora_rank, int) and not isinstance(lora_rank, bool) and lora_rank >= 0,
+      f"config.model.lora_rank must be an integer >= 0 (0 = no LoRA), got {lora_rank!r}",
+  )
+  _require(
+      config.model.get("opt_state_dtype", "") in ("", "float32", "bfloat16"),
+      "config.model.opt_state_dtype must be '' (the params' dtype), 'float32' or 'bfloat16',"
+      f" got {config.model.get('opt_state_dtype')!r}",
   )
   _require(
       config.tokenizer.kind in ("task", "sentencepiece"),
@@ -74,6 +86,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
       f"config.eval.num_prompts={config.eval.num_prompts} exceeds"
       f" config.task.num_test={config.task.num_test}",
   )
+  # Released weights, tokenizer, data: one line naming what to download, which field to set.
+  from bon_jax import inputs  # pylint: disable=g-import-not-at-top  (inputs imports this module)
+
+  inputs.check(config)
   for field in ("model.ckpt_path", "tokenizer.path"):
     section, key = field.split(".")
     path = config[section][key]

@@ -16,6 +16,18 @@ Example::
   params = models.init_params(model, jax.random.key(0))
   logp = models.token_logprobs(model, params, tokens)  # [B, L-1]
 
+LoRA (``make_model(..., lora_rank=r)``) wraps the Transformer in the gemma
+library's ``gm.nn.LoRA``: every kernel gets an adapter ``W + A @ B`` (B = 0
+at init), stored next to it under a ``lora`` key. `add_lora` puts fresh
+adapters around loaded base params, `lora_mask` marks the adapter leaves
+(train only those: `bon_jax.optim.finetune`), and `merge_lora` folds the
+adapters into the kernels, giving params of the plain Transformer
+(`base_model`), which is what the sampler runs::
+
+  model = models.make_model(preset="micro", vocab_size=128, lora_rank=4)
+  params = models.add_lora(model, base_params, jax.random.key(0))
+  plain = models.merge_lora(model, params)  # for models.base_model(model)
+
 Token conventions follow Gemma: ``pad = 0``, ``eos = 1``, ``bos = 2``. Gemma
 derives positions and the causal attention mask from ``tokens != 0``, so
 sequences are right-padded with 0.
@@ -30,8 +42,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from gemma import gm
+from gemma import peft
 from gemma.gm.nn import _config as gemma_config
 from gemma.gm.nn import _modules as gemma_modules
+from gemma.peft import _einsum_utils as gemma_einsum_utils
 
 Params = Any
 
@@ -158,14 +172,99 @@ def transformer_config(
 
 
 def make_model(
-    *, preset: str, vocab_size: int | None = None, dtype: Any = jnp.float32
-) -> gm.nn.Transformer:
-  """Builds the gemma `Transformer` of a preset."""
+    *,
+    preset: str,
+    vocab_size: int | None = None,
+    dtype: Any = jnp.float32,
+    lora_rank: int = 0,
+) -> gm.nn.Transformer | gm.nn.LoRA:
+  """Builds the gemma `Transformer` of a preset.
+
+  `dtype` is the parameter dtype (gemma initialises its params in it).
+  `lora_rank > 0` wraps the Transformer in ``gm.nn.LoRA`` with adapters of
+  that rank in the same dtype (see the module doc).
+  """
+  if lora_rank < 0:
+    raise ValueError(f"lora_rank must be >= 0 (0 = no LoRA), got {lora_rank}")
   # Normalised, so `jnp.float32` and `jnp.dtype("float32")` give equal *and
   # equally hashed* models: the model is a static jit argument.
-  return gm.nn.Transformer(
+  model = gm.nn.Transformer(
       config=transformer_config(preset, vocab_size), dtype=jnp.dtype(dtype)
   )
+  if lora_rank:
+    return gm.nn.LoRA(rank=lora_rank, model=model, dtype=jnp.dtype(dtype))
+  return model
+
+
+def is_lora(model: Any) -> bool:
+  return isinstance(model, gm.nn.LoRA)
+
+
+def base_model(model: Any) -> gm.nn.Transformer:
+  """The plain Transformer (the model itself when it has no LoRA)."""
+  return model.model if is_lora(model) else model
+
+
+def lora_mask(params: Params) -> Any:
+  """bool pytree like `params`: True on LoRA adapter leaves (under a `lora` key)."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: any(getattr(k, "key", None) == "lora" for k in path), params
+  )
+
+
+def add_lora(model: gm.nn.LoRA, base_params: Params, rng: jax.Array) -> Params:
+  """`base_params` (e.g. a loaded checkpoint) with fresh adapters of `model`.
+
+  gemma initialises B = 0, so the LoRA model starts equal to the base one.
+  """
+  # Only the adapters leave the jitted init: XLA drops the base params' init.
+  adapters = jax.jit(lambda: peft.split_params(init_params(model, rng)).lora)()
+  return peft.merge_params(base_params, adapters)
+
+
+# The einsum each LoRA-wrapped kernel of gemma's Transformer runs (gm/nn/_modules.py),
+# by weight name, or by module name for weights called "w".
+_KERNEL_EQNS = {
+    "attn_vec_einsum": "BTNH,NHD->BTD",
+    "q_einsum": "BTD,NDH->BTNH",
+    "kv_einsum": "BSD,CKDH->CBSKH",
+    "qkv_einsum": "BTD,SNDH->SBTNH",
+    "linear": "...H,HF->...F",
+}
+_LORA_PREFIX = "_LoRAEinsum_"
+
+
+def merge_lora(model: gm.nn.LoRA, params: Params) -> Params:
+  """Params of `base_model(model)` with each adapter folded in: W + A @ B.
+
+  The decomposition of every kernel (which axes A and B carry) is gemma's own
+  (`peft`'s einsum rewrite), so the merged Transformer computes what the LoRA
+  model computes, up to float rounding in the kernels' dtype.
+  """
+  gating = "...F,NHF->...NH" if model.config.transpose_gating_einsum else "...F,NFH->...NH"
+  eqns = {**_KERNEL_EQNS, "gating_einsum": gating}
+
+  def fold(tree: dict[str, Any], name: str) -> dict[str, Any]:
+    out = {k: fold(v, k) if isinstance(v, dict) else v
+           for k, v in tree.items() if not k.startswith(_LORA_PREFIX)}
+    for key, sub in tree.items():
+      if not key.startswith(_LORA_PREFIX):
+        continue
+      weight = key[len(_LORA_PREFIX):]
+      weight = "w" if weight.isdigit() else weight
+      eqn = eqns.get(weight if weight != "w" else name)
+      if eqn is None or weight not in tree:
+        raise ValueError(f"no known einsum for the LoRA adapter {name}/{key}")
+      w, a, b = tree[weight], sub["lora"]["a"], sub["lora"]["b"]
+      lora_eqn, _, _ = gemma_einsum_utils.get_lora_einsum_str_and_shapes(
+          einsum_str=eqn, weights_shape=w.shape, rank=a.shape[-1])
+      a_str, b_str = lora_eqn.split("->")[0].split(",")[1:]
+      w_str = eqn.split("->")[0].split(",")[1]
+      delta = jnp.einsum(f"{a_str},{b_str}->{w_str}", a, b, preferred_element_type=jnp.float32)
+      out[weight] = (w.astype(jnp.float32) + delta).astype(w.dtype)
+    return out
+
+  return fold(params, "")
 
 
 def init_params(model: gm.nn.Transformer, rng: jax.Array) -> Params:

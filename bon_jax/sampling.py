@@ -96,7 +96,8 @@ def sample(
   are traced, so new values reuse the compiled program.
 
   Args:
-    model: the gemma `Transformer` (static).
+    model: the gemma `Transformer` (static), or its ``gm.nn.LoRA`` wrapper
+      (the adapters are merged into the kernels for decoding).
     params: its parameters (the cache takes their dtype).
     prompts: int32[B, P] right-padded with `PAD_ID`; every row holds at least
       one token (usually BOS first).
@@ -173,6 +174,9 @@ def _sample(
     eos_id: int | None,
 ) -> Samples:
   """`sample` after argument checks (see there)."""
+  if models.is_lora(model):
+    # The decoding step reads gemma's kernels directly: fold the adapters in.
+    params, model = models.merge_lora(model, params), models.base_model(model)
   b, p = prompts.shape
   n, t_max = num_samples, max_new_tokens
   rows = b * n
