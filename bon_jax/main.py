@@ -20,6 +20,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from bon_jax import config_lib
+from bon_jax import sharding
 from bon_jax import train
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -57,6 +58,8 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   logging.set_verbosity(logging.WARNING)
   try:
+    # Multi-host: join the other processes before anything touches devices.
+    sharding.initialize_distributed(_CONFIG.value)
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except config_lib.UserError as e:
     print(f"error: {e}", file=sys.stderr)

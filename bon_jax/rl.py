@@ -68,6 +68,7 @@ from bon_jax import config_lib
 from bon_jax import input_pipeline
 from bon_jax import models
 from bon_jax import sampling
+from bon_jax import sharding
 from bon_jax import train
 from bon_jax import verifier as verifier_lib
 
@@ -244,12 +245,19 @@ def make_policy_update(
     kl_coef: float = 0.0,
     entropy_coef: float = 0.0,
     temperature: float = 1.0,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> Callable[..., tuple[train.TrainState, dict[str, jax.Array]]]:
   """Jitted ``(state, ref_params, batch) -> (state, metrics)``, one optimizer step.
 
   `state` is a `train.TrainState` (donated: pass a copy of params you keep);
   `ref_params` may be None when ``kl_coef == 0`` (no KL metric then). Batch and
   metrics as in `policy_loss`, plus ``grad_norm``.
+
+  With a `bon_jax.sharding` mesh it is jitted with explicit shardings: state
+  by `sharding.state_specs` and ref_params by `sharding.param_specs` (FSDP /
+  tensor parallel), the batch [B, n, ...] over `sharding.BATCH_AXES` on the
+  prompts (else on the samples: the loss needs no group statistics, the
+  weights come precomputed from `rl_step`), metrics replicated.
   """
   loss_fn = functools.partial(
       policy_loss, model, kl_coef=kl_coef, entropy_coef=entropy_coef, temperature=temperature)
@@ -262,6 +270,9 @@ def make_policy_update(
     metrics["grad_norm"] = optax.tree.norm(grads)
     return train.TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
+  if mesh is not None:
+    return sharding.jit_sharded(step, mesh, ("state", "params", "groups"), ("state", "replicated"),
+                                donate_argnums=0)
   return jax.jit(step, donate_argnums=0)
 
 
@@ -307,6 +318,7 @@ def rl_step(
     verifier: verifier_lib.Verifier | None = None,
     prompt_len: int | None = None,
     expert_rng: np.random.Generator | None = None,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> tuple[train.TrainState, dict[str, float]]:
   """Sample, score, weight, update: one step of BoN-aware fine-tuning.
 
@@ -325,6 +337,11 @@ def rl_step(
     verifier: the selector r for the BoN algorithms (default: R itself).
     prompt_len: pad prompts to this many tokens (fixed shapes across steps).
     expert_rng: draws the expert demonstrations (sft, bon_sft).
+    mesh: a `bon_jax.sharding` mesh (`update_fn` made with the same): each
+      process encodes only its rows of the prompts (`sharding.process_rows`),
+      the sampler runs sharded, and the [B, N'] completions are gathered to
+      every host, so rewards and the BoN weights (group statistics, subset
+      estimators) always see whole groups.
 
   Returns:
     The new state and host metrics: the update's (loss, kl, entropy, weight
@@ -337,11 +354,14 @@ def rl_step(
   t0 = time.perf_counter()
   reward_fn = reward_fn or verifier_lib.grader_verifier(task)
   n_prime = cfg.N_prime
-  prompts = jnp.asarray(
-      input_pipeline.encode_prompts(tokenizer, [task.prompt_text(p) for p in problems], prompt_len))
-  samples = sampling.sample(model, state.params, prompts, rng, num_samples=n_prime,
+  if mesh is None:
+    prompts = jnp.asarray(
+        input_pipeline.encode_prompts(tokenizer, [task.prompt_text(p) for p in problems], prompt_len))
+  else:
+    prompts = _sharded_prompts(tokenizer, [task.prompt_text(p) for p in problems], prompt_len, mesh)
+  samples = sampling.sample(model, state.params, prompts, rng, num_samples=n_prime, mesh=mesh,
                             max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature)
-  comp = np.asarray(samples.tokens)  # [B, N', T]
+  comp = sharding.to_host(samples.tokens)  # [B, N', T], whole groups on every host
   with_expert = cfg.algorithm in EXPERT_ALGORITHMS
   if with_expert:
     expert_rng = expert_rng if expert_rng is not None else np.random.default_rng(0)
@@ -365,7 +385,7 @@ def rl_step(
     inputs["answers"] = verifier_lib.grade_completions(task, problems, texts)[1]
   weights = np.asarray(fn(rewards, scores, mask, **inputs), np.float32)
 
-  tokens, cmask = verifier_lib.join_prompt_completion(prompts, jnp.asarray(comp))
+  tokens, cmask = verifier_lib.join_prompt_completion(sharding.to_host(prompts), jnp.asarray(comp))
   batch = {"tokens": tokens, "completion_mask": cmask, "weights": jnp.asarray(weights),
            "sample_mask": jnp.asarray(sample_mask)}
   state, metrics = update_fn(state, ref_params, batch)
@@ -382,7 +402,7 @@ def rl_step(
     p_fail = 1.0 - correct.mean(axis=-1)
     clipped = bon.bon_rlb_gains(p_fail, cfg.N, cfg.max_gain)[3]
     metrics["clipped_frac"] = float(np.mean(clipped))
-  lengths = np.asarray(samples.lengths)
+  lengths = sharding.to_host(samples.lengths)
   metrics["mean_length"] = float(lengths.mean())
   dt = time.perf_counter() - t0
   metrics["step_s"] = dt
@@ -400,8 +420,18 @@ def _optimizer_config(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDi
       grad_clip_norm=cfg.grad_clip_norm, weight_decay=cfg.weight_decay))
 
 
+def _sharded_prompts(tokenizer: Any, texts: Sequence[str], prompt_len: int | None,
+                     mesh: jax.sharding.Mesh) -> jax.Array:
+  """int32[B, P] prompts on `mesh`; each process encodes only its own rows."""
+  if prompt_len is None:  # Every process must pad to the same length.
+    prompt_len = int(input_pipeline.encode_prompts(tokenizer, texts).shape[1])
+  rows = sharding.process_rows(mesh, len(texts))
+  local = input_pipeline.encode_prompts(tokenizer, texts[rows], prompt_len)
+  return sharding.global_batch(local, mesh, len(texts))
+
+
 @functools.lru_cache(maxsize=4)
-def _optimizer_and_update(model, opt_items, kl_coef, entropy_coef, temperature):
+def _optimizer_and_update(model, opt_items, kl_coef, entropy_coef, temperature, mesh=None):
   """One compiled update per (model, optimizer settings, coefficients) per process.
 
   Relaunching `train_rl` in the same process (resume, sweeps, tests) then
@@ -409,7 +439,7 @@ def _optimizer_and_update(model, opt_items, kl_coef, entropy_coef, temperature):
   """
   optimizer = train.make_optimizer(ml_collections.ConfigDict(dict(opt_items)))
   update = make_policy_update(model, optimizer, kl_coef=kl_coef, entropy_coef=entropy_coef,
-                              temperature=temperature)
+                              temperature=temperature, mesh=mesh)
   return optimizer, update
 
 
@@ -477,11 +507,18 @@ def train_rl(
   # The state is donated at every update: give it its own buffers.
   params = jax.tree.map(jnp.array, ref_params)
   opt_items = tuple(sorted(_optimizer_config(rl).items()))
+  mesh = sharding.mesh_for_run(config)  # None on one device.
   optimizer, update_fn = _optimizer_and_update(
-      model, opt_items, float(rl.kl_coef), float(rl.entropy_coef), float(rl.temperature))
+      model, opt_items, float(rl.kl_coef), float(rl.entropy_coef), float(rl.temperature), mesh)
   state = train.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
-  # Committed like restored arrays, so a resumed run reuses the compiled programs.
-  state = jax.device_put(state, jax.devices()[0])
+  if mesh is None:
+    # Committed like restored arrays, so a resumed run reuses the compiled programs.
+    state = jax.device_put(state, jax.devices()[0])
+  else:
+    # Sharded before the restore: Orbax restores into these shardings (any mesh shape).
+    state = sharding.shard(state, mesh, sharding.state_specs(state, mesh))
+    if ref_params is not None:
+      ref_params = sharding.shard(ref_params, mesh, sharding.param_specs(ref_params, mesh))
   mngr = train.checkpoint_manager(workdir, rl)
   state = train.restore_or_init(mngr, state)
   start = int(state.step)
@@ -504,7 +541,7 @@ def train_rl(
       state, metrics = rl_step(
           state, ref_params, chosen, model=model, update_fn=update_fn, tokenizer=tok, task=task, cfg=rl,
           rng=step_key(config.seed, step), reward_fn=reward_fn, verifier=verifier,
-          prompt_len=prompt_len, expert_rng=expert_rng)
+          prompt_len=prompt_len, expert_rng=expert_rng, mesh=mesh)
       done = step + 1
       mngr.save(done, args=ocp.args.StandardSave(state))
       if done % rl.log_every == 0 or done == rl.steps:

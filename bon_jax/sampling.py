@@ -48,6 +48,7 @@ from gemma.gm.math import _positional_embeddings as gemma_rope
 from gemma.gm.nn import _modules as gemma_modules
 
 from bon_jax import models
+from bon_jax import sharding
 
 Params = Any
 
@@ -88,6 +89,7 @@ def sample(
     top_k: int | None = None,
     top_p: float | jax.Array | None = None,
     eos_id: int | None = models.EOS_ID,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> Samples:
   """Draws `num_samples` completions for every prompt.
 
@@ -111,6 +113,15 @@ def sample(
     top_p: keep the smallest set of most likely tokens whose probability
       reaches top_p, in (0, 1] (None: all).
     eos_id: the token that ends a sample (None: never stop early).
+    mesh: a `bon_jax.sharding` (data, fsdp, tensor) mesh: the sampler is then
+      jitted with explicit shardings: params by `sharding.param_specs`
+      (FSDP / tensor parallel; the decode-step matrices and the prompt KV
+      cache follow them), prompts over `sharding.BATCH_AXES` when B divides,
+      the B * N decoding rows over `BATCH_AXES` (so the N samples of a prompt
+      may sit on different devices: nothing here needs the whole group), and
+      the outputs [B, N, ...] split over prompts, else over samples. Same
+      tokens and log-probs as without a mesh (same keys), up to float
+      reduction order. None: one device (or the inputs' own shardings).
 
   Returns:
     `Samples` with leading dimensions [B, N].
@@ -137,29 +148,45 @@ def sample(
       jnp.any(jnp.all(prompts == models.PAD_ID, axis=-1))
   ):
     raise ValueError("every prompt needs at least one non-PAD token (e.g. BOS)")
-  return _sample(
-      model,
+  args = (
       params,
       prompts.astype(jnp.int32),
       rng,
       jnp.asarray(temperature, jnp.float32),
       jnp.asarray(1.0 if top_p is None else top_p, jnp.float32),
+  )
+  statics = dict(
       num_samples=num_samples,
       max_new_tokens=max_new_tokens,
       top_k=top_k,
       use_top_p=top_p is not None,
       eos_id=eos_id,
   )
+  if mesh is None:
+    return _sample(model, *args, **statics)
+  return _sharded_sample(mesh, model, prompts.shape[0], **statics)(*args)
 
 
-@functools.partial(
-    jax.jit,
-    static_argnames=(
-        "model", "num_samples", "max_new_tokens", "top_k", "use_top_p",
-        "eos_id",
-    ),
-)
-def _sample(
+@functools.lru_cache(maxsize=16)
+def _sharded_sample(mesh, model, batch_size, **statics):
+  """`_sample_impl` jitted on `mesh` (one compiled program per settings)."""
+  rows = batch_size * statics["num_samples"]
+  row_spec = sharding.batch_spec_for((rows,), mesh)
+  fn = functools.partial(
+      _sample_impl,
+      model,
+      rows_sharding=jax.sharding.NamedSharding(mesh, row_spec),
+      **statics,
+  )
+  return sharding.jit_sharded(
+      fn,
+      mesh,
+      ("params", "batch", "replicated", "replicated", "replicated"),
+      "groups",
+  )
+
+
+def _sample_impl(
     model: gm.nn.Transformer,
     params: Params,
     prompts: jax.Array,
@@ -172,8 +199,18 @@ def _sample(
     top_k: int | None,
     use_top_p: bool,
     eos_id: int | None,
+    rows_sharding: jax.sharding.Sharding | None = None,
 ) -> Samples:
-  """`sample` after argument checks (see there)."""
+  """`sample` after argument checks (see there).
+
+  `rows_sharding`: where the B * N decoding rows (buffers, per-sample KV
+  cache, keys) live; None leaves it to XLA.
+  """
+  if rows_sharding is None:
+    rows_on_mesh = lambda x: x
+  else:
+    rows_on_mesh = lambda tree: jax.tree.map(
+        lambda x: jax.lax.with_sharding_constraint(x, rows_sharding), tree)
   if models.is_lora(model):
     # The decoding step reads gemma's kernels directly: fold the adapters in.
     params, model = models.merge_lora(model, params), models.base_model(model)
@@ -206,18 +243,18 @@ def _sample(
   suffix_len = max(t_max - 1, 1)
   c = model.config
   zeros = jnp.zeros((rows, c.num_kv_heads, suffix_len, c.head_dim), dtype)
-  suffix_kv = [(zeros, zeros) for _ in prompt_kv]
+  suffix_kv = rows_on_mesh([(zeros, zeros) for _ in prompt_kv])
   weights = _decode_weights(params, model.config)
-  logits = jnp.repeat(out.logits, n, axis=0)
-  keys = jax.vmap(lambda i: jax.random.split(jax.random.fold_in(rng, i), n))(
-      jnp.arange(b)
-  ).reshape(rows)
+  logits = rows_on_mesh(jnp.repeat(out.logits, n, axis=0))
+  keys = rows_on_mesh(jax.vmap(
+      lambda i: jax.random.split(jax.random.fold_in(rng, i), n)
+  )(jnp.arange(b)).reshape(rows))
 
   choose = functools.partial(
       _choose, temperature=temperature, top_p=top_p, top_k=top_k,
       use_top_p=use_top_p,
   )
-  buf = lambda dt: jnp.zeros((rows, t_max), dt)
+  buf = lambda dt: rows_on_mesh(jnp.zeros((rows, t_max), dt))
 
   def emit(t, logits, done, tokens, lp, lp1):
     """Samples token t of every row and writes it to the buffers."""
@@ -249,6 +286,7 @@ def _sample(
         method=_decode_step,
     )
     tok, done, tokens, lp, lp1 = emit(t, logits, done, tokens, lp, lp1)
+    suffix_kv = rows_on_mesh(suffix_kv)
     return t + 1, tok, done, tokens, lp, lp1, suffix_kv
 
   done = jnp.zeros((rows,), jnp.bool_)
@@ -267,6 +305,15 @@ def _sample(
       lengths=shape(emitted),
       reached_eos=shape(done if eos_id is not None else jnp.zeros_like(done)),
   )
+
+
+_sample = jax.jit(
+    _sample_impl,
+    static_argnames=(
+        "model", "num_samples", "max_new_tokens", "top_k", "use_top_p",
+        "eos_id", "rows_sharding",
+    ),
+)
 
 
 def _decode_weights(params: Params, config) -> dict[str, Any]:

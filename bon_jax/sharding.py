@@ -44,8 +44,9 @@ per-parameter trace) gets that parameter's spec; everything else (step
 counts, schedules, scalars) is replicated.
 
 Batches: the leading (prompt) dimension is split over `BATCH_AXES`. When it is
-not divisible by data * fsdp, the second (sample) dimension is split instead,
-else the batch is replicated (`batch_spec_for`).
+not divisible by data * fsdp, arrays of N samples per prompt ([B, N, ...])
+split the sample dimension instead, so the N samples of a prompt may live on
+different devices; otherwise the batch is replicated (`batch_spec_for`).
 
 Example::
 
@@ -139,6 +140,16 @@ def mesh_from_config(config: Any, devices: Sequence[Any] | None = None) -> Mesh:
   if "mesh" in config and "shape" in config.mesh:
     shape = tuple(config.mesh.shape)
   return make_mesh(shape, devices)
+
+
+def mesh_for_run(config: Any) -> Mesh | None:
+  """The run's mesh (`mesh_from_config`), or None when it has one device.
+
+  None selects the drivers' unsharded code path: one device runs the same
+  programs as before meshes existed (and shares their compilation caches).
+  """
+  mesh = mesh_from_config(config)
+  return mesh if mesh.size > 1 else None
 
 
 def abstract_mesh(shape: Sequence[int]) -> AbstractMesh:
@@ -288,9 +299,13 @@ def batch_spec(ndim: int) -> P:
   return P(BATCH_AXES, *([None] * (ndim - 1)))
 
 
-def batch_spec_for(shape: Sequence[int], mesh_shape: MeshShape) -> P:
-  """`BATCH_AXES` on the leading dimension if it divides it, else on the second
-  (e.g. the N samples of each prompt), else replicated."""
+def batch_spec_for(shape: Sequence[int], mesh_shape: MeshShape, *, groups: bool = False) -> P:
+  """The spec of one batch array on a mesh.
+
+  `BATCH_AXES` on the leading dimension if it divides it; with `groups`
+  (arrays [B, N, ...] of N samples per prompt) else on the second, so the N
+  samples of a prompt live on different devices; else replicated.
+  """
   sizes = _axis_sizes(mesh_shape)
   n = math.prod(sizes[a] for a in BATCH_AXES) if sizes else 1
   shape = tuple(shape)
@@ -298,7 +313,7 @@ def batch_spec_for(shape: Sequence[int], mesh_shape: MeshShape) -> P:
     return P()
   if shape[0] % n == 0:
     return P(BATCH_AXES)
-  if len(shape) > 1 and shape[1] % n == 0:
+  if groups and len(shape) > 1 and shape[1] % n == 0:
     return P(None, BATCH_AXES)
   return P()
 
@@ -414,7 +429,7 @@ def to_host(tree: PyTree) -> PyTree:
 # ----------------------------------------------------------------------------
 # Sharded jit.
 
-KINDS = ("state", "params", "batch", "replicated")
+KINDS = ("state", "params", "batch", "groups", "replicated")
 
 
 def _specs_of(kind: str, tree: PyTree, mesh: Mesh) -> PyTree:
@@ -422,8 +437,9 @@ def _specs_of(kind: str, tree: PyTree, mesh: Mesh) -> PyTree:
     return state_specs(tree, mesh)
   if kind == "params":
     return param_specs(tree, mesh)
-  if kind == "batch":
-    return jax.tree.map(lambda x: batch_spec_for(np.shape(x), mesh), tree)
+  if kind in ("batch", "groups"):
+    groups = kind == "groups"
+    return jax.tree.map(lambda x: batch_spec_for(np.shape(x), mesh, groups=groups), tree)
   if kind == "replicated":
     return jax.tree.map(lambda _: P(), tree)
   raise ValueError(f"unknown sharding kind {kind!r}; choose one of {KINDS}")
@@ -445,11 +461,14 @@ def jit_sharded(
   """`jax.jit(fun)` with explicit in/out shardings on `mesh`, by argument kind.
 
   Kinds: ``"state"`` (`state_specs`), ``"params"`` (`param_specs`),
-  ``"batch"`` (`batch_spec_for` per leaf), ``"replicated"``. Shardings are
+  ``"batch"`` (leading dimension over `BATCH_AXES`, `batch_spec_for`),
+  ``"groups"`` ([B, N, ...] arrays: prompts, else samples, over `BATCH_AXES`),
+  ``"replicated"``. Shardings are
   derived from the shapes of the first call (outputs via `jax.eval_shape`),
   and the compiled function is reused for later calls of the same shapes.
-  On several processes, host values (numpy, or process-local arrays) are
-  taken as the global value and placed with `shard`.
+  Arguments not already placed so are put there first (`shard`); on several
+  processes, host values (numpy, or process-local arrays) are taken as the
+  global value.
 
   Args:
     fun: positional arguments only (close over static settings).
@@ -481,8 +500,9 @@ def jit_sharded(
       cache[key] = (jax.jit(fun, in_shardings=in_sh, out_shardings=out_sh,
                             donate_argnums=donate_argnums), in_sh)
     jitted, in_sh = cache[key]
-    if jax.process_count() > 1:
-      args = tuple(jax.tree.map(_put, a, s) for a, s in zip(args, in_sh))
+    # Arguments committed elsewhere (e.g. one device) are moved first: jit
+    # refuses committed inputs whose sharding differs from in_shardings.
+    args = tuple(a if s is None else jax.tree.map(_put, a, s) for a, s in zip(args, in_sh))
     return jitted(*args)
 
   return call

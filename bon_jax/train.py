@@ -39,6 +39,7 @@ from bon_jax import config_lib
 from bon_jax import evaluate
 from bon_jax import input_pipeline
 from bon_jax import models
+from bon_jax import sharding
 from bon_jax import tokenizer as tokenizer_lib
 from bon_jax.tasks import countdown
 
@@ -83,17 +84,21 @@ def sft_loss(model: Any, params: Any, batch: dict[str, jax.Array]) -> tuple[jax.
   return loss, {"loss": loss, "answer_tokens": mask.sum()}
 
 
-def make_sft_step(model: Any, optimizer: optax.GradientTransformation):
+def make_sft_step(model: Any, optimizer: optax.GradientTransformation, *, mesh: jax.sharding.Mesh | None = None):
   """Returns the jitted update `(state, batch) -> (state, metrics)`.
+
+  With a `bon_jax.sharding` mesh it is jitted with explicit shardings: the
+  state by `sharding.state_specs` (donated), the batch's leading dimension
+  over `sharding.BATCH_AXES`, metrics replicated.
 
   Cached per (model, optimizer), so that runs in one process (tests, sweeps,
   notebooks) share one compilation.
   """
-  return _cached_sft_step(model, optimizer)
+  return _cached_sft_step(model, optimizer, mesh)
 
 
 @functools.lru_cache(maxsize=8)
-def _cached_sft_step(model: Any, optimizer: optax.GradientTransformation):
+def _cached_sft_step(model: Any, optimizer: optax.GradientTransformation, mesh: Any = None):
 
   def step(state: TrainState, batch: dict[str, jax.Array]):
     grad_fn = jax.value_and_grad(lambda p: sft_loss(model, p, batch), has_aux=True)
@@ -103,6 +108,8 @@ def _cached_sft_step(model: Any, optimizer: optax.GradientTransformation):
     metrics["grad_norm"] = optax.tree.norm(grads)
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
+  if mesh is not None:
+    return sharding.jit_sharded(step, mesh, ("state", "batch"), ("state", "replicated"), donate_argnums=0)
   return jax.jit(step, donate_argnums=0)
 
 
@@ -200,6 +207,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   optimizer = make_optimizer(config.train)
   params = initial_params(config, model)
   state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
+  # config.mesh: shard the state before restoring, so Orbax restores each array straight
+  # into its target sharding (a checkpoint written on another mesh shape reshards).
+  mesh = sharding.mesh_for_run(config)
+  if mesh is not None:
+    state = sharding.shard(state, mesh, sharding.state_specs(state, mesh))
   logging.info("Policy: %s preset, %d parameters", config.model.preset, models.num_params(params))
 
   mngr = checkpoint_manager(workdir, config.train)
@@ -209,7 +221,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   length = config.train.max_len or input_pipeline.sft_length(
       train_set, tokenizer=tok, prompt_fn=countdown.prompt_text, target_fn=countdown.sft_targets
   )
-  train_step = make_sft_step(model, optimizer)
+  train_step = make_sft_step(model, optimizer, mesh=mesh)
   jsonl = JsonlWriter(os.path.join(workdir, "metrics.jsonl"))
   from clu import metric_writers  # pylint: disable=g-import-not-at-top  (imports TensorFlow)
 

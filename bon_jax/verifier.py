@@ -51,6 +51,7 @@ from bon_jax import bon
 from bon_jax import input_pipeline
 from bon_jax import models
 from bon_jax import sampling
+from bon_jax import sharding
 
 Params = Any
 
@@ -129,19 +130,27 @@ def init_verifier(model: Any, rng: jax.Array, *, backbone: Params | None = None)
   return {"backbone": backbone, "head": head}
 
 
-def score(model: Any, params: Params, tokens: jax.Array) -> jax.Array:
+def score(model: Any, params: Params, tokens: jax.Array, *, mesh: jax.sharding.Mesh | None = None) -> jax.Array:
   """Verifier logits of full sequences.
 
   Args:
     model: the backbone `Transformer`.
     params: `init_verifier` params.
     tokens: int32[..., L] ``[BOS] prompt completion`` right-padded with PAD.
+    mesh: a `bon_jax.sharding` mesh: then jitted with explicit shardings,
+      params by `sharding.param_specs` (head replicated), tokens [B, N, L]
+      over `sharding.BATCH_AXES` on prompts (else samples), the logits alike.
+      Each sequence is scored alone, so groups may be split. None: traced
+      as is (usable inside other jitted functions).
 
   Returns:
     float32[...]: the logit of P(correct). Depends only on the real tokens:
     gemma's ``return_last_only`` reads the final-normed hidden state at the
     last non-PAD position, so extra right padding does not change it.
   """
+  if mesh is not None:
+    kind = "groups" if np.ndim(tokens) >= 3 else "batch"
+    return _sharded_score(model, mesh, kind)(params, tokens)
   tokens = jnp.asarray(tokens)
   lead, length = tokens.shape[:-1], tokens.shape[-1]
   out = model.apply(
@@ -153,6 +162,11 @@ def score(model: Any, params: Params, tokens: jax.Array) -> jax.Array:
   h = out.hidden_states.astype(jnp.float32)  # [R, D]
   logit = _HEAD.apply({"params": params["head"]}, h)[:, 0]
   return logit.reshape(lead)
+
+
+@functools.lru_cache(maxsize=8)
+def _sharded_score(model: Any, mesh: jax.sharding.Mesh, kind: str):
+  return sharding.jit_sharded(functools.partial(score, model), mesh, ("params", kind), kind)
 
 
 def bce_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:

@@ -60,4 +60,22 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.top_p = 1.0  # 1.0 = off.
   c.eval.max_new_tokens = 32
   c.eval.prompts_per_batch = 32
+
+  # The device mesh (bon_jax/sharding.py): sizes of the (data, fsdp, tensor)
+  # axes; one may be -1 = all remaining devices. data: replicated params,
+  # split batches; fsdp: split batches and every weight matrix (ZeRO-3 style);
+  # tensor: split attention heads, FFN hidden units and vocabulary. Their
+  # product must equal the number of devices of all processes. A checkpoint
+  # restores onto any other mesh shape.
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.shape = (-1, 1, 1)
+
+  # Multi-process runs (one process per host): jax.distributed settings.
+  # Unset fields come from $JAX_COORDINATOR_ADDRESS, $JAX_NUM_PROCESSES and
+  # $JAX_PROCESS_ID, or are auto-detected on Cloud TPU pods, SLURM and Open
+  # MPI; with none of them the run is single-process.
+  c.distributed = ml_collections.ConfigDict()
+  c.distributed.coordinator_address = ""  # "host:port" of process 0; "" = env / auto.
+  c.distributed.num_processes = 0  # 0 = env / auto.
+  c.distributed.process_id = -1  # -1 = env / auto.
   return c
