@@ -1,0 +1,299 @@
+"""Capacity plan of a config: what one device holds, without weights or devices.
+
+`plan(config)` builds the config's policy (and learned verifier) abstractly
+with `jax.eval_shape`, shards them on an `AbstractMesh` of the configured
+``config.mesh.shape`` with `bon_jax.sharding`'s rules, and counts the bytes
+the most loaded device holds of:
+
+* the policy's parameters, and the optimizer state (`optim.for_config`:
+  LoRA adapters only when ``model.lora_rank > 0``, state in
+  ``model.opt_state_dtype``), exactly as `optax` builds it;
+* the trainable parameters' gradients (transient, during an update);
+* the frozen reference policy, when a stage has ``kl_coef > 0``;
+* the learned verifier's parameters (and, in its own training stage, its
+  optimizer state);
+* the sampler's KV cache. `bon_jax.sampling` keeps a prompt's keys/values
+  ONCE per prompt and only each sample's own tokens per sample: per layer,
+  2 (k, v) x kv_heads x head_dim x (B x P + B x N x max(T - 1, 1)) values in
+  the params' dtype, for B prompts of P tokens, N samples of T new tokens.
+  Prompts and the B x N decoding rows are split over the mesh's batch axes
+  (`sharding.batch_spec_for`), kv heads over ``tensor`` (as the kv kernel
+  is);
+* one float32 copy of the update's logits [rows, P + T - 1, vocab]
+  (`rl.policy_loss` takes a full-vocabulary log-softmax of every row for the
+  exact KL and entropy, and holds a few such arrays at once).
+
+Activations other than the logits, and XLA's temporary buffers, are not
+counted. `format_plan` prints it (``python -m bon_jax.main --dry_run``).
+
+Example::
+
+  p = capacity.plan(config, num_devices=8)
+  print(capacity.format_plan(p))
+  p["per_device_bytes"]["params"]
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from bon_jax import models
+from bon_jax import optim
+from bon_jax import sharding
+from bon_jax import tokenizer as tokenizer_lib
+
+GIB = 1024**3
+
+
+def _vocab_size(config: ml_collections.ConfigDict) -> int:
+  fixed = models.PRESETS[config.model.preset].vocab_size
+  if fixed is not None:
+    return fixed
+  if config.tokenizer.kind == "task":
+    return tokenizer_lib.task_tokenizer().vocab_size
+  return tokenizer_lib.load_tokenizer(config.tokenizer.path).vocab_size
+
+
+def _prompt_len(config: ml_collections.ConfigDict) -> tuple[int, str]:
+  """(P, where it comes from): ``task.max_prompt_tokens``, else measured."""
+  configured = config.task.get("max_prompt_tokens", 0)
+  if configured:
+    return int(configured), "config.task.max_prompt_tokens"
+  if config.task.name != "countdown" or config.tokenizer.kind != "task":
+    raise ValueError("set config.task.max_prompt_tokens (the longest prompt, in tokens)"
+                     " for the capacity plan")
+  from bon_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  from bon_jax.tasks import countdown  # pylint: disable=g-import-not-at-top
+
+  # The test split is drawn from its own stream (num_train does not change it).
+  options = {k: tuple(v) if isinstance(v, list) else v
+             for k, v in config.task.to_dict().items() if k not in ("name", "num_train")}
+  _, test = countdown.make_splits(num_train=0, **options)
+  tok = tokenizer_lib.task_tokenizer()
+  width = input_pipeline.encode_prompts(tok, [countdown.prompt_text(p) for p in test]).shape[1]
+  return int(width), "measured on the countdown test split"
+
+
+def _stages(config: ml_collections.ConfigDict) -> list[ml_collections.ConfigDict]:
+  """The ``rl`` settings of every fine-tuning stage (``rl`` + ``rl_overrides``)."""
+  from bon_jax import train  # pylint: disable=g-import-not-at-top
+
+  if "rl" not in config:
+    return []
+  if "algorithms" not in config:
+    return [config.rl]  # A config for `rl.train_rl` alone.
+  names = tuple(config.algorithms)  # () = no fine-tuning stage.
+  return [train.stage_config(config, name).rl for name in names]
+
+
+def kv_cache_bytes(
+    tc: Any, *, batch: int, num_samples: int, prompt_len: int, max_new_tokens: int,
+    dtype: Any, mesh_shape: tuple[int, int, int],
+) -> dict[str, int]:
+  """Bytes of `sampling.sample`'s KV cache, in total and on the most loaded device.
+
+  Args:
+    tc: the gemma `TransformerConfig`.
+    batch, num_samples, prompt_len, max_new_tokens: B, N, P, T.
+    dtype: the params' dtype (the cache takes it).
+    mesh_shape: (data, fsdp, tensor).
+
+  Returns:
+    {"total", "per_device"} bytes.
+  """
+  itemsize = np.dtype(dtype).itemsize
+  suffix = max(max_new_tokens - 1, 1)
+  per_token = tc.num_layers * 2 * tc.num_kv_heads * tc.head_dim * itemsize
+  total = per_token * (batch * prompt_len + batch * num_samples * suffix)
+  sizes = dict(zip(sharding.AXES, mesh_shape))
+  kv_split = sizes["tensor"] if tc.num_kv_heads % sizes["tensor"] == 0 else 1
+  per_head_token = per_token // tc.num_kv_heads * -(-tc.num_kv_heads // kv_split)
+
+  def rows(n):
+    """Rows of a [n, ...] batch on one device (`sharding.batch_spec_for`)."""
+    entry = tuple(sharding.batch_spec_for((n,), mesh_shape))
+    if not entry or entry[0] is None:
+      return n
+    axes = (entry[0],) if isinstance(entry[0], str) else tuple(entry[0])
+    return -(-n // math.prod(sizes[a] for a in axes))
+
+  # Prompt caches [B, ...] over the batch axes when B divides; the B * N
+  # decoding rows likewise (`sampling.sample(mesh=...)`).
+  per_device = per_head_token * (rows(batch) * prompt_len + rows(batch * num_samples) * suffix)
+  return {"total": int(total), "per_device": int(per_device)}
+
+
+def plan(config: ml_collections.ConfigDict, *, num_devices: int | None = None) -> dict[str, Any]:
+  """The capacity plan of `config` (see the module doc); no weights, no devices.
+
+  Args:
+    config: an experiment config (configs/*.py).
+    num_devices: resolves a -1 in ``config.mesh.shape`` (default: the devices
+      of this process). A shape without -1 is planned as given, whatever
+      devices this machine has.
+
+  Returns:
+    A dict: ``preset``, ``mesh_shape``, ``param_dtype``, ``num_params``,
+    ``num_trainable``, ``verifier_num_params`` (0 without a learned verifier),
+    ``samplers`` (per sampler: B, N, P, T and the KV cache bytes),
+    ``per_device_bytes`` (name -> bytes on the most loaded device),
+    ``phases`` (what is live together: resident state, RL sampling, RL
+    update, evaluation -> bytes) and ``notes``.
+  """
+  from bon_jax import train  # pylint: disable=g-import-not-at-top
+  from bon_jax import verifier as verifier_lib  # pylint: disable=g-import-not-at-top
+
+  shape = tuple(config.mesh.shape) if "mesh" in config else (-1, 1, 1)
+  # A full shape is planned as given (an 8-chip plan on a laptop); a -1 takes
+  # `num_devices`, else this host's device count.
+  if -1 not in shape and all(isinstance(s, int) and s > 0 for s in shape):
+    num_devices = math.prod(shape)
+  mesh_shape = sharding.resolve_mesh_shape(shape, num_devices or jax.device_count())
+  amesh = sharding.abstract_mesh(mesh_shape)
+  vocab = _vocab_size(config)
+  lora_rank = int(config.model.get("lora_rank", 0))
+  dtype = jnp.dtype(config.model.dtype)
+  model = models.make_model(preset=config.model.preset, vocab_size=vocab, dtype=dtype,
+                            lora_rank=lora_rank)
+  stages = _stages(config)
+  opt_cfg = stages[0] if stages else config.train
+  optimizer = optim.for_config(train.make_optimizer(opt_cfg), config.model)
+
+  def init_state(rng):
+    params = models.init_params(model, rng)
+    return train.TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                            opt_state=optimizer.init(params))
+
+  state = jax.eval_shape(init_state, jax.random.key(0))
+  specs = sharding.state_specs(state, amesh)
+  params_bytes = sharding.per_device_bytes(state.params, specs.params, amesh)
+  mask = models.lora_mask(state.params) if lora_rank else jax.tree.map(lambda _: True, state.params)
+  trainable = [x for x, m in zip(jax.tree.leaves(state.params), jax.tree.leaves(mask)) if m]
+  trainable_specs = [s for s, m in zip(jax.tree.leaves(specs.params, is_leaf=_is_spec),
+                                       jax.tree.leaves(mask)) if m]
+  per_device = {
+      "params": params_bytes,
+      "optimizer_state": sharding.per_device_bytes(state.opt_state, specs.opt_state, amesh),
+      "gradients": sharding.per_device_bytes(trainable, trainable_specs, amesh),
+  }
+  notes = []
+  if any(rl.kl_coef > 0 for rl in stages):
+    per_device["reference_params"] = params_bytes
+    notes.append("reference_params: the frozen policy of the KL term (kl_coef > 0)")
+
+  base = models.base_model(model)
+  uses_verifier = any(rl.verifier == "learned" for rl in stages) or (
+      "verifier" in config and config.verifier.get("steps", 0) > 0)
+  verifier_num = 0
+  if uses_verifier:
+    vparams = jax.eval_shape(lambda r: verifier_lib.init_verifier(base, r), jax.random.key(0))
+    verifier_num = models.num_params(vparams)
+    vspecs = sharding.param_specs(vparams, amesh)
+    per_device["verifier_params"] = sharding.per_device_bytes(vparams, vspecs, amesh)
+    vopt = jax.eval_shape(optax.adamw(1e-4).init, vparams)
+    vstate = train.TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=vparams,
+                              opt_state=vopt)
+    vstate_specs = sharding.state_specs(vstate, amesh)
+    verifier_opt = sharding.per_device_bytes(vopt, vstate_specs.opt_state, amesh)
+    notes.append(f"verifier stage only (before RL, without the policy's state): verifier"
+                 f" optimizer state {verifier_opt / GIB:.2f} GiB per device")
+
+  prompt_len, prompt_src = _prompt_len(config)
+  tc = base.config
+  samplers = []
+  for name, b, n, t in _sampler_shapes(config, stages):
+    kv = kv_cache_bytes(tc, batch=b, num_samples=n, prompt_len=prompt_len, max_new_tokens=t,
+                        dtype=dtype, mesh_shape=mesh_shape)
+    samplers.append({"name": name, "B": b, "N": n, "P": prompt_len, "T": t,
+                     "kv_total": kv["total"], "kv_per_device": kv["per_device"]})
+  notes.append(f"P = {prompt_len} prompt tokens ({prompt_src})")
+  if stages:
+    rl = stages[0]
+    rows = rl.prompts_per_step * (rl.N_prime + (rl.algorithm in ("sft", "bon_sft")))
+    length = prompt_len + rl.max_new_tokens - 1
+    n_batch = mesh_shape[0] * mesh_shape[1]
+    per_device["kv_cache_rl"] = samplers[0]["kv_per_device"]
+    per_device["update_logits_f32"] = -(-rows // n_batch) * length * vocab * 4
+    notes.append(f"update_logits_f32: one float32 [rows={rows}, {length}, V={vocab}] array of"
+                 " the update (rl.policy_loss keeps several: log-probs, probs, the reference's)")
+  resident = sum(per_device.get(k, 0) for k in
+                 ("params", "optimizer_state", "reference_params", "verifier_params"))
+  phases = {"resident (params, optimizer, reference, verifier)": resident}
+  if stages:
+    phases["rl sampling (resident + kv_cache_rl)"] = resident + per_device["kv_cache_rl"]
+    phases["rl update (resident + gradients + update_logits_f32)"] = (
+        resident + per_device["gradients"] + per_device["update_logits_f32"])
+  phases["eval sampling (params + its KV cache)"] = params_bytes + samplers[-1]["kv_per_device"]
+  return {
+      "preset": config.model.preset,
+      "mesh_shape": mesh_shape,
+      "param_dtype": str(dtype),
+      "opt_state_dtype": config.model.get("opt_state_dtype", "") or str(dtype),
+      "lora_rank": lora_rank,
+      "vocab_size": vocab,
+      "num_params": models.num_params(state.params),
+      "num_trainable": int(sum(x.size for x in trainable)),
+      "verifier_num_params": verifier_num,
+      "samplers": samplers,
+      "per_device_bytes": per_device,
+      "phases": phases,
+      "notes": notes,
+  }
+
+
+def _is_spec(x: Any) -> bool:
+  return isinstance(x, jax.sharding.PartitionSpec)
+
+
+def _sampler_shapes(config, stages) -> list[tuple[str, int, int, int]]:
+  """(name, B prompts, N samples, T new tokens) of the RL and eval samplers."""
+  out = []
+  if stages:
+    rl = stages[0]
+    out.append(("rl", rl.prompts_per_step, rl.N_prime, rl.max_new_tokens))
+  out.append(("eval", config.eval.prompts_per_batch, config.eval.num_samples,
+              config.eval.max_new_tokens))
+  return out
+
+
+def format_plan(p: dict[str, Any]) -> str:
+  """A plain-text table of `plan`'s numbers (GiB = 2^30 bytes)."""
+  d, f, t = p["mesh_shape"]
+  lines = [
+      f"preset {p['preset']}: {p['num_params']:,} parameters ({p['param_dtype']}),"
+      f" {p['num_trainable']:,} trainable"
+      + (f" (LoRA rank {p['lora_rank']})" if p["lora_rank"] else "")
+      + f", optimizer state {p['opt_state_dtype']}",
+      f"mesh (data={d}, fsdp={f}, tensor={t}): {d * f * t} devices",
+  ]
+  if p["verifier_num_params"]:
+    lines.append(f"learned verifier: {p['verifier_num_params']:,} parameters")
+  for s in p["samplers"]:
+    lines.append(
+        f"sampler {s['name']}: prompts int32[{s['B']}, {s['P']}] -> tokens int32[{s['B']},"
+        f" {s['N']}, {s['T']}]; KV cache {s['kv_total'] / GIB:.2f} GiB in total,"
+        f" {s['kv_per_device'] / GIB:.2f} GiB per device")
+  lines.append("per device (most loaded):")
+  width = max(len(k) for k in p["per_device_bytes"])
+  for name, value in p["per_device_bytes"].items():
+    lines.append(f"  {name:<{width}}  {value / GIB:8.2f} GiB  ({value:,} bytes)")
+  lines.append("peak per device by phase (activations besides the logits not counted):")
+  width = max(len(k) for k in p["phases"])
+  for name, value in p["phases"].items():
+    lines.append(f"  {name:<{width}}  {value / GIB:8.2f} GiB")
+  lines += [f"note: {n}" for n in p["notes"]]
+  return "\n".join(lines)
+
+
+def dry_run(config: ml_collections.ConfigDict, *, num_devices: int | None = None) -> dict[str, Any]:
+  """Prints `format_plan(plan(config))` (``--dry_run``) and returns the plan."""
+  p = plan(config, num_devices=num_devices)
+  print(format_plan(p))
+  return p

@@ -1,0 +1,119 @@
+"""`--dry_run` / capacity.plan for every config, checked against independent arithmetic."""
+
+import glob
+import importlib
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import pytest
+from gemma import gm
+
+from bon_jax import capacity
+from bon_jax import config_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, "configs", "*.py"))
+                 if not os.path.basename(p).startswith(("_", "common")))
+FULL_SIZE = ("math_bon32", "math_pass32", "humaneval_pass16")
+
+
+def _config(name):
+  return importlib.import_module(f"configs.{name}").get_config()
+
+
+def _gemma2_2b_sizes():
+  """(matrix elements, vector elements) of Gemma 2 2B from gemma's own config."""
+  c = gm.nn.Gemma2_2B.config
+  d, f, n, k, h = c.embed_dim, c.hidden_dim, c.num_heads, c.num_kv_heads, c.head_dim
+  per_layer = n * d * h + 2 * k * d * h + n * h * d + 2 * d * f + f * d
+  matrices = c.num_embed * d + c.num_layers * per_layer
+  vectors = c.num_layers * 4 * d + d  # pre/post attention and FFW norms, final norm
+  return c, matrices, vectors
+
+
+@pytest.fixture(scope="module")
+def plans():
+  return {name: capacity.plan(_config(name)) for name in CONFIGS}
+
+
+def test_every_config_dry_runs_and_prints_its_numbers(plans):
+  assert set(FULL_SIZE) <= set(CONFIGS)
+  for name, p in plans.items():
+    text = capacity.format_plan(p)
+    assert f"{p['num_params']:,} parameters" in text, name
+    for value in p["per_device_bytes"].values():
+      assert f"({value:,} bytes)" in text, name
+    for s in p["samplers"]:
+      assert f"tokens int32[{s['B']}, {s['N']}, {s['T']}]" in text, name
+
+
+def test_gemma2_2b_plan_matches_the_gemma_library_and_fsdp_arithmetic(plans):
+  c, matrices, vectors = _gemma2_2b_sizes()
+  # gemma's own Gemma2_2B, built abstractly, has the same parameter count.
+  abstract = jax.eval_shape(
+      lambda: gm.nn.Gemma2_2B().init(jax.random.key(0), jnp.ones((1, 4), jnp.int32)))
+  assert sum(x.size for x in jax.tree.leaves(abstract)) == matrices + vectors
+  for name in FULL_SIZE:
+    p = plans[name]
+    assert p["num_params"] == p["num_trainable"] == matrices + vectors
+    data, fsdp, tensor = p["mesh_shape"]
+    assert (data, tensor) == (1, 1)
+    # bf16 weights: every matrix split fsdp ways, norm scales replicated.
+    per_device = p["per_device_bytes"]
+    assert per_device["params"] == 2 * (matrices // fsdp + vectors)
+    assert per_device["gradients"] == per_device["params"]
+    # float32 Adam mu and nu, laid out like the params, plus int32 step counts.
+    assert 0 <= per_device["optimizer_state"] - 2 * 4 * (matrices // fsdp + vectors) <= 16
+    for s in p["samplers"]:
+      b, n, prompt, t = s["B"], s["N"], s["P"], s["T"]
+      # The prompt's keys/values once per prompt, each sample's own (T - 1) tokens per sample.
+      total = c.num_layers * 2 * c.num_kv_heads * c.head_dim * 2 * (b * prompt + b * n * (t - 1))
+      assert s["kv_total"] == total
+      assert s["kv_per_device"] == total // fsdp  # B = 16 prompts split 8 ways.
+    rows = p["per_device_bytes"]["update_logits_f32"] // (4 * c.num_embed)
+    rl = _config(name).rl
+    assert rows == rl.prompts_per_step * rl.N_prime // fsdp * (prompt + rl.max_new_tokens - 1)
+  assert plans["math_bon32"]["verifier_num_params"] == matrices + vectors + c.embed_dim + 1
+  assert plans["math_pass32"]["verifier_num_params"] == 0
+
+
+def test_lora_plan_trains_only_the_adapters():
+  config = _config("math_pass32")
+  config.model.lora_rank = r = 16
+  p = capacity.plan(config)
+  c, matrices, vectors = _gemma2_2b_sizes()
+  d, f, nh, kh = c.embed_dim, c.hidden_dim, c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
+  # A @ B per kernel: q, kv, attn_vec, gating (2 F outputs), linear.
+  adapters = c.num_layers * r * ((d + nh) + (d + 2 * kh) + (nh + d) + (d + 2 * f) + (f + d))
+  assert p["num_trainable"] == adapters
+  assert p["num_params"] == matrices + vectors + adapters
+  # Adapters are replicated: float32 mu and nu of all of them on every device.
+  assert 0 <= p["per_device_bytes"]["optimizer_state"] - 2 * 4 * adapters <= 16
+
+
+def test_real_configs_without_inputs_name_what_to_download_and_which_field():
+  for name, fields in (("math_bon32", ("model.ckpt_path", "tokenizer.path", "task.data_dir")),
+                       ("humaneval_pass16", ("model.ckpt_path", "tokenizer.path"))):
+    with pytest.raises(config_lib.UserError) as e:
+      config_lib.validate(_config(name))
+    msg = str(e.value)
+    assert "\n" not in msg and "download" in msg
+    for field in fields:
+      assert f"--config.{field}=" in msg
+  assert "task.data_dir" not in msg
+
+
+def test_dry_run_cli_prints_the_plan_without_weights_or_workdir():
+  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
+  proc = subprocess.run(
+      [sys.executable, "-m", "bon_jax.main", "--config=configs/humaneval_pass16.py", "--dry_run"],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  _, matrices, vectors = _gemma2_2b_sizes()
+  assert f"{matrices + vectors:,} parameters (bfloat16)" in proc.stdout
+  assert "mesh (data=1, fsdp=8, tensor=1): 8 devices" in proc.stdout
+  assert f"({2 * (matrices // 8 + vectors):,} bytes)" in proc.stdout
+  assert "tokens int32[16, 16, 512]" in proc.stdout
