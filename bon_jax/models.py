@@ -222,6 +222,23 @@ def add_lora(model: gm.nn.LoRA, base_params: Params, rng: jax.Array) -> Params:
   return peft.merge_params(base_params, adapters)
 
 
+def policy_from_config(model_cfg: Any, vocab_size: int | None = None) -> Any:
+  """`make_model` from ``config.model`` (preset, dtype, lora_rank)."""
+  return make_model(preset=model_cfg.preset, vocab_size=vocab_size,
+                    dtype=jnp.dtype(model_cfg.dtype), lora_rank=int(model_cfg.get("lora_rank", 0)))
+
+
+def ensure_adapters(model: Any, params: Params, rng: jax.Array) -> Params:
+  """`params` for `model`: fresh adapters added when a LoRA model gets plain params.
+
+  E.g. a released checkpoint for a LoRA policy (`add_lora`); params that
+  already hold adapters, or a plain model, are returned unchanged.
+  """
+  if not is_lora(model) or any(jax.tree.leaves(lora_mask(params))):
+    return params
+  return add_lora(model, params, rng)
+
+
 # The einsum each LoRA-wrapped kernel of gemma's Transformer runs (gm/nn/_modules.py),
 # by weight name, or by module name for weights called "w".
 _KERNEL_EQNS = {

@@ -51,6 +51,11 @@ def _tokens(b=3, length=10, seed=3):
 
 def test_add_lora_starts_at_the_base_model(lora):
   model, base, base_params, params = lora
+  # A plain checkpoint gets adapters; LoRA params and plain models are left alone.
+  again = models.ensure_adapters(model, base_params, jax.random.key(1))
+  assert jax.tree.structure(again) == jax.tree.structure(params)
+  assert models.ensure_adapters(model, params, jax.random.key(2)) is params
+  assert models.ensure_adapters(base, base_params, jax.random.key(2)) is base_params
   mask = jax.tree.leaves(models.lora_mask(params))
   assert any(mask) and not all(mask)
   np.testing.assert_array_equal(_logits(model, params, _tokens()),
