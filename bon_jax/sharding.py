@@ -35,8 +35,9 @@ V = vocab, N = query heads, K = key/value heads, H = head_dim, F = FFN hidden)::
 
 A mesh axis is only used on a dimension it divides: with the mesh shape known,
 an axis of size m is dropped from a dimension of size s when s % m != 0 (then
-"fsdp" moves to the largest other dimension it divides). So every preset runs
-on every mesh, e.g. ``micro`` (K=2 heads) on (1, 1, 4) keeps kv heads whole.
+"fsdp" moves to the largest other dimension it divides), and axes of size 1
+are dropped (they split nothing). So every preset runs on every mesh, e.g.
+``micro`` (K=2 kv heads) on (1, 1, 4) keeps its kv heads whole.
 
 Optimizer state (`state_specs`): every leaf of the optax state whose tree path
 ends with a parameter's path and has its shape (Adam's mu and nu, any
@@ -226,11 +227,12 @@ def _spec_for(names: tuple[str, ...], shape: tuple[int, ...], sizes: dict[str, i
   if sizes is not None:
     divides = lambda dim, axis: shape[dim] % sizes[axis] == 0
     for dim, axis in enumerate(out):
-      if axis is not None and not divides(dim, axis):
+      # Size-1 axes split nothing: dropped, so FSDP may take their dimension.
+      if axis is not None and (sizes[axis] == 1 or not divides(dim, axis)):
         out[dim] = None
-    if "fsdp" in pref and "fsdp" not in out:
+    if "fsdp" in pref and "fsdp" not in out and sizes["fsdp"] > 1:
       # Move FSDP to the largest free dimension it divides.
-      free = [d for d in np.argsort(shape)[::-1] if out[d] is None and divides(d, "fsdp")]
+      free = [d for d in np.argsort(shape, kind="stable")[::-1] if out[d] is None and divides(d, "fsdp")]
       if free:
         out[int(free[0])] = "fsdp"
   while out and out[-1] is None:
@@ -358,12 +360,30 @@ def _is_global(sharding: Any) -> bool:
   return not getattr(sharding, "is_fully_addressable", True)
 
 
+def _shares_buffer(x: jax.Array, y: jax.Array) -> bool:
+  ptrs = {(d.device, d.data.unsafe_buffer_pointer()) for d in x.addressable_shards}
+  return any((d.device, d.data.unsafe_buffer_pointer()) in ptrs for d in y.addressable_shards)
+
+
 def _put(x: Any, s: NamedSharding) -> jax.Array:
-  """`x` (the same global value on every process) as an array with sharding `s`."""
+  """`x` (the same global value on every process) as an array with sharding `s`.
+
+  Never aliases `x`'s buffers when it has to move it (so donating the result
+  cannot invalidate `x`); an array already placed so is returned as is.
+  """
   if isinstance(x, jax.Array) and x.sharding == s:
     return x
+  if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+    data_spec = P(*tuple(s.spec), *([None] * (x.ndim + 1 - len(tuple(s.spec)))))
+    data = _put(jax.random.key_data(x), NamedSharding(s.mesh, data_spec))
+    return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
   if not _is_global(s):
-    return jax.device_put(x, s)
+    y = jax.device_put(x, s, may_alias=False)
+    if isinstance(x, jax.Array) and _shares_buffer(x, y):
+      # device_put keeps the source buffer as one replica of a replicated
+      # result (may_alias notwithstanding); donating it would delete `x`.
+      y = jax.device_put(np.array(x, copy=True), s)
+    return y
   if isinstance(x, jax.Array) and not x.is_fully_addressable:
     return jax.jit(lambda a: a, out_shardings=s)(x)  # Reshard a global array.
   host = np.asarray(x)
@@ -374,7 +394,8 @@ def shard(tree: PyTree, mesh: Mesh, specs: PyTree) -> PyTree:
   """`tree` placed on `mesh` by `specs` (a tree of PartitionSpecs, or one spec).
 
   Works on one or many processes; with many, every process must pass the
-  same (global) values, as after a seeded init.
+  same (global) values, as after a seeded init. The result never shares
+  buffers with `tree` (safe to donate), except for arrays already placed so.
   """
   if isinstance(specs, P):
     specs = jax.tree.map(lambda _: specs, tree)

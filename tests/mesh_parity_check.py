@@ -1,0 +1,174 @@
+"""Sharded vs single-device parity on 8 simulated CPU devices (run by test_sharding.py).
+
+Run as a script in its own process: XLA_FLAGS must give 8 host devices before
+JAX starts, which the pytest process (1 device) cannot do. Exits non-zero
+(an AssertionError with the failing check) on any mismatch; prints one line
+per check.
+
+  XLA_FLAGS=--xla_force_host_platform_device_count=8 python tests/mesh_parity_check.py /tmp/ckpt
+"""
+
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from jax.sharding import PartitionSpec as P
+
+from bon_jax import models
+from bon_jax import rl
+from bon_jax import sampling
+from bon_jax import sharding
+from bon_jax import train
+from bon_jax import verifier
+
+MESHES = ((8, 1, 1), (2, 4, 1), (2, 2, 2))
+B, N, T, L = 4, 8, 6, 12  # prompts, samples per prompt, new tokens, sequence length
+
+
+def close(a, b, atol, what):
+  for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b)):
+    x, y = np.asarray(x), np.asarray(y)
+    err = float(np.max(np.abs(x.astype(np.float64) - y.astype(np.float64)))) if x.size else 0.0
+    assert x.shape == y.shape and err <= atol, f"{what}{jax.tree_util.keystr(path)}: max |diff| {err} > {atol}"
+
+
+def check_sharded(tree, specs, mesh, what):
+  """Every leaf carries the spec's NamedSharding and holds the right block per device."""
+  for (path, x), spec in zip(jax.tree_util.tree_leaves_with_path(tree),
+                             jax.tree.leaves(specs, is_leaf=lambda s: isinstance(s, P))):
+    name = what + jax.tree_util.keystr(path)
+    assert x.sharding.is_equivalent_to(jax.sharding.NamedSharding(mesh, spec), x.ndim), (
+        f"{name}: sharding {x.sharding} != {spec}")
+    want = list(x.shape)
+    for dim, entry in enumerate(tuple(spec)):
+      for axis in () if entry is None else (entry,) if isinstance(entry, str) else entry:
+        want[dim] //= mesh.shape[axis]
+    for shard in x.addressable_shards:
+      assert shard.data.shape == tuple(want), f"{name}: shard {shard.data.shape} != {tuple(want)}"
+
+
+def device_bytes(tree) -> int:
+  """The most bytes of `tree` any device really holds."""
+  per = {}
+  for x in jax.tree.leaves(tree):
+    for shard in x.addressable_shards:
+      per[shard.device] = per.get(shard.device, 0) + shard.data.nbytes
+  return max(per.values())
+
+
+def main(ckpt_dir: str) -> None:
+  t_start = time.perf_counter()
+  assert jax.device_count() == 8, jax.devices()
+  model = models.make_model(preset="micro", vocab_size=512)
+  params = models.init_params(model, jax.random.key(0))
+  # train.make_optimizer's AdamW, with eps raised from 1e-8: at eps 1e-8 Adam's first step
+  # g / (|g| + eps) turns float-noise differences of near-zero gradients (~1e-9, from the
+  # sharded reduction order) into update differences of up to the learning rate.
+  optimizer = optax.chain(optax.clip_by_global_norm(1.0),
+                          optax.adamw(1e-3, eps=1e-5, weight_decay=0.01))
+  host = lambda tree: jax.tree.map(np.asarray, jax.device_get(tree))
+  params = host(params)
+  state = host(train.TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                                opt_state=optimizer.init(params)))
+  vparams = host(verifier.init_verifier(model, jax.random.key(3), backbone=params))
+
+  rng = np.random.default_rng(0)
+  prompts = rng.integers(3, 512, (B, 5)).astype(np.int32)
+  prompts[1, 3:] = 0  # Prompts of different lengths in one batch.
+  tokens = rng.integers(3, 512, (B, 2, L)).astype(np.int32)
+  tokens[:, :, 0] = models.BOS_ID
+  tokens[0, 1, 9:] = 0
+  cmask = np.zeros((B, 2, L - 1), np.float32)
+  cmask[:, :, 4:] = (tokens[:, :, 5:] != 0)
+  pg_batch = {"tokens": tokens, "completion_mask": cmask,
+              "weights": rng.normal(size=(B, 2)).astype(np.float32),
+              "sample_mask": np.ones((B, 2), np.float32)}
+  sft_tokens = tokens.reshape(2 * B, L)
+  sft_batch = {"tokens": sft_tokens, "loss_mask": (sft_tokens[:, 1:] != 0).astype(np.float32)}
+  score_tokens = rng.integers(3, 512, (B, N, L)).astype(np.int32)
+
+  def run_all(mesh):
+    upd = rl.make_policy_update(model, optimizer, kl_coef=0.1, entropy_coef=0.01, mesh=mesh)
+    sft = train.make_sft_step(model, optimizer, mesh=mesh)
+    if mesh is None:
+      st = jax.tree.map(jnp.asarray, state)
+      ref = params
+    else:
+      st = sharding.shard(state, mesh, sharding.state_specs(state, mesh))
+      ref = sharding.shard(params, mesh, sharding.param_specs(params, mesh))
+    t = time.perf_counter()
+    samples = sampling.sample(model, st.params, prompts, jax.random.key(1), num_samples=N,
+                              max_new_tokens=T, temperature=1.0, mesh=mesh)
+    jax.block_until_ready(samples)
+    t1 = time.perf_counter()
+    logits = jax.block_until_ready(verifier.score(model, vparams, score_tokens, mesh=mesh))
+    t2 = time.perf_counter()
+    pg_state, pg_metrics = jax.block_until_ready(upd(st, ref, pg_batch))
+    t3 = time.perf_counter()
+    st2 = (jax.tree.map(jnp.asarray, state) if mesh is None
+           else sharding.shard(state, mesh, sharding.state_specs(state, mesh)))
+    sft_state, _ = jax.block_until_ready(sft(st2, sft_batch))
+    print(f"  sample {t1 - t:.1f}s score {t2 - t1:.1f}s update {t3 - t2:.1f}s sft {time.perf_counter() - t3:.1f}s")
+    return samples, logits, pg_state, pg_metrics, sft_state
+
+  t0 = time.perf_counter()
+  ref = run_all(None)
+  print(f"single device: {time.perf_counter() - t0:.1f}s", flush=True)
+
+  for shape in MESHES:
+    t0 = time.perf_counter()
+    mesh = sharding.make_mesh(shape)
+    samples, logits, pg_state, pg_metrics, sft_state = run_all(mesh)
+    r_samples, r_logits, r_pg, r_metrics, r_sft = ref
+    np.testing.assert_array_equal(np.asarray(samples.tokens), np.asarray(r_samples.tokens), f"{shape} tokens")
+    np.testing.assert_array_equal(np.asarray(samples.lengths), np.asarray(r_samples.lengths))
+    close(samples.logprobs, r_samples.logprobs, 1e-5, f"{shape} logprobs")
+    close(samples.logprobs_t1, r_samples.logprobs_t1, 1e-5, f"{shape} logprobs_t1")
+    assert samples.tokens.sharding.mesh == mesh
+    close(logits, r_logits, 1e-5, f"{shape} verifier logits")
+    close(pg_state.params, r_pg.params, 1e-5, f"{shape} policy update params")
+    close(pg_state.opt_state, r_pg.opt_state, 1e-5, f"{shape} policy update opt_state")
+    close(pg_metrics["loss"], r_metrics["loss"], 1e-5, f"{shape} policy loss")
+    close(sft_state.params, r_sft.params, 1e-5, f"{shape} sft params")
+    # The updated states stay sharded by the rules, and the rules really shard.
+    specs = sharding.state_specs(pg_state, mesh)
+    check_sharded(pg_state, specs, mesh, f"{shape} policy state")
+    check_sharded(sft_state, specs, mesh, f"{shape} sft state")
+    emb = pg_state.params["embedder"]["input_embedding"]
+    want_rows = 512 // shape[2]
+    want_cols = 64 // shape[1]
+    assert emb.addressable_shards[0].data.shape == (want_rows, want_cols), emb.sharding
+    assert device_bytes(pg_state) == sharding.per_device_bytes(pg_state, specs, shape), (
+        device_bytes(pg_state), sharding.per_device_bytes(pg_state, specs, shape))
+    print(f"mesh {shape}: sampler, verifier, policy update, SFT step match one device;"
+          f" {device_bytes(pg_state)} bytes of state per device"
+          f" ({time.perf_counter() - t0:.1f}s)", flush=True)
+
+  # A checkpoint written on one mesh restores onto others (Orbax reshards).
+  t0 = time.perf_counter()
+  src = sharding.make_mesh((2, 2, 2))
+  saved = sharding.shard(state, src, sharding.state_specs(state, src))
+  saved = saved.replace(params=r_pg.params)  # Non-initial values.
+  saved = sharding.shard(saved, src, sharding.state_specs(saved, src))
+  with ocp.CheckpointManager(os.path.join(ckpt_dir, "ckpt"), item_handlers=ocp.StandardCheckpointHandler(),
+                             options=ocp.CheckpointManagerOptions(create=True)) as mngr:
+    mngr.save(1, args=ocp.args.StandardSave(saved))
+    mngr.wait_until_finished()
+    for shape in ((8, 1, 1), (1, 2, 4)):
+      mesh = sharding.make_mesh(shape)
+      target = sharding.shard(state, mesh, sharding.state_specs(state, mesh))
+      restored = train.restore_or_init(mngr, target)
+      close(restored, saved, 0.0, f"restore on {shape}")
+      check_sharded(restored, sharding.state_specs(restored, mesh), mesh, f"restored on {shape}")
+  print(f"checkpoint (2, 2, 2) -> (8, 1, 1), (1, 2, 4): equal values, target shardings"
+        f" ({time.perf_counter() - t0:.1f}s)")
+  print(f"total {time.perf_counter() - t_start:.1f}s")
+
+
+if __name__ == "__main__":
+  main(sys.argv[1])

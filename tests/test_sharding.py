@@ -1,0 +1,213 @@
+"""bon_jax.sharding: partition rules, and sharded programs on simulated CPU devices.
+
+The rules are checked here on abstract Gemma 2 trees (no devices needed). The
+programs need several devices, which this pytest process (JAX started with
+one CPU device) cannot get, so they run in subprocesses with
+`--xla_force_host_platform_device_count`: tests/mesh_parity_check.py (8
+devices, meshes (8,1,1), (2,4,1), (2,2,2)) and tests/multiprocess_check.py
+(2 processes x 2 devices on localhost, gloo collectives).
+"""
+
+import os
+import socket
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from bon_jax import config_lib
+from bon_jax import models
+from bon_jax import sharding
+from bon_jax import train
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(TESTS)
+# These subprocesses compile ~20 small programs and run each once: LLVM's
+# optimisation passes would take most of their time (3x), for nothing.
+FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+DIST_ENV = (sharding.ENV_COORDINATOR, sharding.ENV_NUM_PROCESSES, sharding.ENV_PROCESS_ID,
+            "SLURM_JOB_ID", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_HOSTNAMES")
+
+
+def _env(num_devices: int) -> dict[str, str]:
+  env = {k: v for k, v in os.environ.items() if k not in DIST_ENV}
+  env.update(JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3",
+             XLA_FLAGS=f"--xla_force_host_platform_device_count={num_devices} {FAST_COMPILE}",
+             PYTHONPATH=os.pathsep.join([REPO, env.get("PYTHONPATH", "")]))
+  return env
+
+
+def _axes(entry) -> tuple[str, ...]:
+  return () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
+
+
+# ----------------------------------------------------------------------------
+# Meshes and rules (no devices).
+
+
+def test_resolve_mesh_shape_fills_the_free_axis_and_rejects_impossible_shapes():
+  assert sharding.resolve_mesh_shape((-1, 2, 1), 8) == (4, 2, 1)
+  assert sharding.resolve_mesh_shape((2, 2, 2), 8) == (2, 2, 2)
+  for bad in [(3, -1, 1), (2, 2, 1), (-1, -1, 2), (0, 8, 1), (8, 1)]:
+    with pytest.raises(config_lib.UserError, match="config.mesh.shape"):
+      sharding.resolve_mesh_shape(bad, 8)
+
+
+def test_abstract_mesh_needs_no_devices():
+  mesh = sharding.abstract_mesh((1, 8, 1))
+  assert dict(mesh.shape) == {"data": 1, "fsdp": 8, "tensor": 1}
+  with pytest.raises(ValueError, match="3 positive sizes"):
+    sharding.abstract_mesh((-1, 8, 1))
+
+
+@pytest.mark.parametrize("preset", ["gemma2_2b", "gemma2_9b"])
+def test_param_specs_put_fsdp_on_embed_dim_and_tensor_on_heads_hidden_vocab(preset):
+  p = models.PRESETS[preset]
+  abstract = models.abstract_params(models.make_model(preset=preset, dtype=jnp.bfloat16))
+  specs = sharding.param_specs(abstract, (2, 2, 2))
+  # What the tensor axis splits, by the module's rules, from the preset's own sizes.
+  tensor_size = {"q_einsum": p.num_heads, "attn_vec_einsum": p.num_heads, "kv_einsum": p.num_kv_heads,
+                 "gating_einsum": p.hidden_dim, "linear": p.hidden_dim, "input_embedding": p.vocab_size}
+  seen = set()
+  for (path, x), spec in zip(jax.tree_util.tree_leaves_with_path(abstract), jax.tree.leaves(specs)):
+    names = [getattr(k, "key", str(k)) for k in path]
+    entries = tuple(spec) + (None,) * (x.ndim - len(tuple(spec)))
+    if x.ndim <= 1:
+      assert spec == P(), (names, spec)
+      continue
+    kind = names[-2] if names[-1] == "w" else names[-1]
+    dims = {a: d for d, e in enumerate(entries) for a in _axes(e)}
+    assert set(dims) == {"fsdp", "tensor"}, (names, spec)
+    assert x.shape[dims["fsdp"]] == p.embed_dim, (names, spec)
+    assert x.shape[dims["tensor"]] == tensor_size[kind], (names, spec)
+    seen.add(kind)
+  assert seen == set(tensor_size)
+
+
+def test_param_specs_only_use_axes_that_divide_the_dimension():
+  abstract = models.abstract_params(models.make_model(preset="micro", vocab_size=512))
+  specs = sharding.param_specs(abstract, (1, 1, 4))
+  attn = specs["layer_0"]["attn"]
+  assert attn["q_einsum"]["w"] == P("tensor")  # 4 heads split 4 ways
+  assert "tensor" not in jax.tree.leaves(tuple(attn["kv_einsum"]["w"]))  # 2 kv heads stay whole
+  # FSDP moves to the largest dimension it divides; size-1 axes are dropped.
+  tree = {"mlp": {"linear": jax.ShapeDtypeStruct((16, 12), jnp.float32)}}
+  assert sharding.param_specs(tree, (1, 8, 1))["mlp"]["linear"] == P("fsdp")
+  assert sharding.param_specs(tree, (1, 4, 2))["mlp"]["linear"] == P("tensor", "fsdp")
+  assert sharding.param_specs(tree, (8, 1, 1))["mlp"]["linear"] == P()
+  for (_, x), spec in zip(jax.tree_util.tree_leaves_with_path(abstract), jax.tree.leaves(specs)):
+    for size, entry in zip(x.shape, tuple(spec)):
+      assert all(size % {"data": 1, "fsdp": 1, "tensor": 4}[a] == 0 for a in _axes(entry))
+
+
+def test_state_specs_give_adam_moments_their_parameters_specs():
+  model = models.make_model(preset="micro", vocab_size=512)
+  optimizer = train.make_optimizer(ml_collections.ConfigDict(dict(
+      learning_rate=1e-3, warmup_steps=1, steps=10, weight_decay=0.01, grad_clip_norm=1.0)))
+
+  def init():
+    params = models.init_params(model, jax.random.key(0))
+    return train.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
+
+  abstract = jax.eval_shape(init)
+  specs = sharding.state_specs(abstract, (1, 2, 2))
+  pspecs = sharding.param_specs(abstract.params, (1, 2, 2))
+  assert specs.params == pspecs
+  adam = specs.opt_state[1][0]
+  assert adam.mu == pspecs and adam.nu == pspecs
+  assert adam.count == P() and specs.step == P()
+  assert any(s != P() for s in jax.tree.leaves(pspecs))
+
+
+def test_per_device_bytes_counts_the_largest_block_of_every_leaf():
+  tree = {"a": jax.ShapeDtypeStruct((16, 12), jnp.float32),
+          "b": jax.ShapeDtypeStruct((10,), jnp.bfloat16),
+          "c": jax.ShapeDtypeStruct((10, 3), jnp.float32)}
+  specs = {"a": P("tensor", "fsdp"), "b": P(), "c": P(("data", "fsdp"))}
+  # a: (16/2) x (12/4) float32 = 96; b: 10 x 2 = 20; c: ceil(10/8) x 3 x 4 = 24.
+  assert sharding.per_device_bytes(tree, specs, (2, 4, 2)) == 96 + 20 + 24
+  # Unsharded on one device: everything.
+  assert sharding.per_device_bytes(tree, jax.tree.map(lambda _: P(), tree), (1, 1, 1)) == 16 * 12 * 4 + 20 + 120
+
+
+def test_batch_specs_split_prompts_else_samples_else_replicate():
+  assert sharding.batch_spec(3) == P(("data", "fsdp"), None, None)
+  assert sharding.batch_spec_for((8, 3, 5), (2, 4, 1), groups=True) == P(("data", "fsdp"))
+  assert sharding.batch_spec_for((2, 8, 5), (2, 4, 1), groups=True) == P(None, ("data", "fsdp"))
+  assert sharding.batch_spec_for((2, 8, 5), (2, 4, 1)) == P()
+  assert sharding.batch_spec_for((2, 3), (2, 2, 2), groups=True) == P()
+
+
+def test_initialize_distributed_is_a_noop_alone_and_rejects_half_settings(monkeypatch):
+  for k in DIST_ENV:
+    monkeypatch.delenv(k, raising=False)
+  assert sharding.initialize_distributed(None) is False
+  cfg = ml_collections.ConfigDict({"distributed": {"coordinator_address": "", "num_processes": 0,
+                                                   "process_id": -1}})
+  assert sharding.initialize_distributed(cfg) is False
+  cfg.distributed.coordinator_address = "localhost:1234"
+  with pytest.raises(config_lib.UserError, match="process_id"):
+    sharding.initialize_distributed(cfg)
+  cfg.distributed.num_processes, cfg.distributed.process_id = 2, 2
+  with pytest.raises(config_lib.UserError, match=r"process_id=2 must be in \[0, 2\)"):
+    sharding.initialize_distributed(cfg)
+  assert not jax.distributed.is_initialized()
+
+
+def test_mesh_for_run_is_none_on_one_device_and_checks_the_shape():
+  config = ml_collections.ConfigDict({"mesh": {"shape": (-1, 1, 1)}})
+  assert sharding.mesh_for_run(config) is None  # The unsharded code path.
+  config.mesh.shape = (2, 1, 1)
+  with pytest.raises(config_lib.UserError, match="needs 2 devices, but 1 are available"):
+    sharding.mesh_for_run(config)
+
+
+# ----------------------------------------------------------------------------
+# Sharded programs (subprocesses).
+
+
+def test_sharded_programs_match_one_device_on_8_cpu_devices(tmp_path):
+  """Sampler, verifier, policy update and SFT step on (8,1,1), (2,4,1), (2,2,2);
+  real shardings and per-device bytes; a checkpoint restored on other meshes."""
+  proc = subprocess.run([sys.executable, os.path.join(TESTS, "mesh_parity_check.py"), str(tmp_path)],
+                        env=_env(8), cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stdout + proc.stderr[-5000:]
+  assert "mesh (2, 2, 2): sampler, verifier, policy update, SFT step match one device" in proc.stdout
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_match_one_process(tmp_path):
+  """rl_step on a (2,2,1) mesh over 2 processes x 2 CPU devices equals it unsharded here."""
+  import multiprocess_check  # pylint: disable=g-import-not-at-top  (tests/ is on sys.path)
+
+  port = _free_port()
+  procs = [subprocess.Popen(
+      [sys.executable, os.path.join(TESTS, "multiprocess_check.py"), str(i), "2", str(port), str(tmp_path)],
+      env=_env(2), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+  try:
+    state, metrics = multiprocess_check.rl_step(None)  # Meanwhile, the reference.
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+  finally:
+    for p in procs:
+      p.kill()
+  for p, out in zip(procs, outs):
+    assert p.returncode == 0, out[-5000:]
+  want = {jax.tree_util.keystr(k): np.asarray(v)
+          for k, v in jax.tree_util.tree_leaves_with_path(state.params)}
+  for i in range(2):
+    got = np.load(os.path.join(tmp_path, f"process_{i}.npz"))
+    np.testing.assert_allclose(got["metric_loss"], metrics["loss"], atol=1e-5)
+    np.testing.assert_allclose(got["metric_reward_mean"], metrics["reward_mean"], atol=0)
+    assert set(got.files) - {"metric_loss", "metric_reward_mean"} == set(want)
+    for name, value in want.items():
+      np.testing.assert_allclose(got[name], value, atol=1e-5, err_msg=name)
