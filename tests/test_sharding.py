@@ -105,6 +105,25 @@ def test_param_specs_only_use_axes_that_divide_the_dimension():
       assert all(size % {"data": 1, "fsdp": 1, "tensor": 4}[a] == 0 for a in _axes(entry))
 
 
+def test_lora_adapters_are_replicated_and_base_kernels_keep_their_specs():
+  plain = models.abstract_params(models.make_model(preset="micro", vocab_size=512))
+  lora = models.abstract_params(models.make_model(preset="micro", vocab_size=512, lora_rank=4))
+  specs = sharding.param_specs(lora, (1, 2, 2))
+  base = sharding.param_specs(plain, (1, 2, 2))
+  adapters = 0
+  for (path, _), spec in zip(jax.tree_util.tree_leaves_with_path(lora), jax.tree.leaves(specs)):
+    names = [getattr(k, "key", str(k)) for k in path]
+    if "lora" in names:
+      adapters += 1
+      assert spec == P(), names
+    else:
+      node = base
+      for n in names:
+        node = node[n]
+      assert spec == node, names
+  assert adapters > 0
+
+
 def test_state_specs_give_adam_moments_their_parameters_specs():
   model = models.make_model(preset="micro", vocab_size=512)
   optimizer = train.make_optimizer(ml_collections.ConfigDict(dict(
