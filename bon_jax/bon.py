@@ -859,6 +859,32 @@ def _bon_sft_weights(scores, valid, lam):
 # ----------------------------------------------------------------------------
 # Registry.
 
+# ----------------------------------------------------------------------------
+# The co-scaling law of Chow et al.: pass@N(T) ~ exp(a(T) * N^b(T)).
+
+
+def fit_pass_at_n_law(ns, pass_at_n) -> tuple[float, float]:
+  """Fits ``pass@N ~ exp(a * N^b)`` at one temperature; returns ``(a, b)``.
+
+  ``log(-log pass@N) = log(-a) + b log N`` is linear in ``log N``, so (a, b)
+  come from least squares on that line over the N with 0 < pass@N < 1 (at
+  least two needed). A curve rising towards 1 has a < 0 and b < 0.
+
+  Example: ``a, b = fit_pass_at_n_law([1, 2, 4, 8], [0.1, 0.19, 0.33, 0.52])``.
+  """
+  ns, p = np.asarray(ns, np.float64), np.asarray(pass_at_n, np.float64)
+  ok = (p > 0) & (p < 1)
+  if ok.sum() < 2:
+    raise ValueError(f"need >= 2 values of pass@N strictly between 0 and 1, got {p.tolist()}")
+  slope, intercept = np.polyfit(np.log(ns[ok]), np.log(-np.log(p[ok])), 1)
+  return -float(np.exp(intercept)), float(slope)
+
+
+def pass_at_n_law(a: float, b: float, n) -> np.ndarray:
+  """The fitted law's pass@N: ``exp(a * N^b)``."""
+  return np.exp(a * np.asarray(n, np.float64) ** b)
+
+
 WEIGHT_FNS: dict[str, Callable[..., Any]] = {
     "sft": sft_weights,
     "rloo": rloo_weights,

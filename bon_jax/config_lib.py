@@ -102,18 +102,50 @@ def validate(config: ml_collections.ConfigDict) -> None:
       "config.tokenizer.kind='sentencepiece' needs config.tokenizer.path (a .model file,"
       " e.g. Gemma 2's tokenizer.model)",
   )
+  if "algorithms" in config:
+    _validate_pipeline(config)
 
 
-def identity(config: ml_collections.ConfigDict) -> dict[str, Any]:
+def _validate_pipeline(config: ml_collections.ConfigDict) -> None:
+  """The verifier and fine-tuning stages (`train.train_and_evaluate`)."""
+  from bon_jax import rl  # pylint: disable=g-import-not-at-top  (rl imports this module)
+  from bon_jax import train  # pylint: disable=g-import-not-at-top
+
+  algorithms = config.algorithms
+  _require(isinstance(algorithms, (tuple, list)) and all(isinstance(a, str) for a in algorithms),
+           f"config.algorithms must be a tuple of names, got {algorithms!r}")
+  _require(len(set(algorithms)) == len(algorithms), f"config.algorithms has duplicates: {algorithms!r}")
+  _require(train.BASE not in algorithms,
+           f"config.algorithms: {train.BASE!r} names the SFT starting policy; call the stage otherwise")
+  _positive_int(config, "verifier.steps", minimum=0)
+  for t in config.eval.get("extra_temperatures", ()):
+    _require(isinstance(t, (int, float)) and t > 0,
+             f"config.eval.extra_temperatures must hold temperatures > 0, got {t!r}")
+  for name in algorithms:
+    stage = train.stage_config(config, name)
+    try:
+      rl.validate_rl_config(stage.rl)
+    except UserError as e:
+      raise UserError(f"stage {name!r}: {e}") from None
+    _require(stage.rl.verifier != "learned" or stage.rl.verifier_ckpt or config.verifier.steps > 0,
+             f"stage {name!r} uses rl.verifier='learned' but there is no verifier: set"
+             " config.verifier.steps > 0 (train one) or config.rl.verifier_ckpt")
+
+
+def identity(config: ml_collections.ConfigDict, fields: tuple[str, ...] = IDENTITY_FIELDS) -> dict[str, Any]:
   full = config.to_dict()
-  return {k: full[k] for k in IDENTITY_FIELDS}
+  return {k: full.get(k) for k in fields}
 
 
-def prepare_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
+def prepare_workdir(
+    config: ml_collections.ConfigDict, workdir: str, fields: tuple[str, ...] = IDENTITY_FIELDS
+) -> None:
   """Creates `workdir` or checks that it holds a run this config may resume.
 
-  The first run writes `config.json`; a later run with different task, tokenizer,
-  model or seed is refused (one line), so nothing in the workdir is overwritten.
+  The first run writes `config.json`; a later run that differs in `fields`
+  (default: task, tokenizer, model, seed; a fine-tuning stage adds its SFT
+  base `train` and its `rl` settings) is refused (one line), so nothing in
+  the workdir is overwritten.
   Other fields (steps, eval settings) may change between runs; every run is
   appended to `runs.jsonl` for provenance.
   """
@@ -127,8 +159,8 @@ def prepare_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
         saved = json.load(f)
     except (OSError, json.JSONDecodeError) as e:
       raise UserError(f"{path} is unreadable ({e}); use a new --workdir") from None
-    mine = json.loads(json.dumps(identity(config)))
-    theirs = {k: saved.get(k) for k in IDENTITY_FIELDS}
+    mine = json.loads(json.dumps(identity(config, fields)))
+    theirs = {k: saved.get(k) for k in fields}
     if mine != theirs:
       diffs = sorted(_diff(theirs, mine))
       raise UserError(

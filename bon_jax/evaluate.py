@@ -4,10 +4,12 @@ For k = 1, 2, 4, ..., n it reports, averaged over prompts, the unbiased
 estimators of `bon_jax.bon` computed from the same n samples:
 
 * ``pass@k``: some of k samples is correct.
-* ``bo@k``: the verifier's pick among k samples is correct. Until a learned
-  verifier exists the verifier is the exact grader, so bo@k equals pass@k; the
-  ``bo@k_logprob`` curve uses the policy's mean token log-prob (T=1) as a weak,
-  learned-free verifier to show what an imperfect selector does.
+* ``bo@k``: the exact grader's pick among k samples is correct (it equals
+  pass@k; kept so tables line up with the paper's Bo-k columns).
+* ``bo@k_verifier``: the learned verifier's pick is correct (only when a
+  verifier is passed: the paper's Bo-N).
+* ``bo@k_logprob``: the policy's mean token log-prob (T=1) picks, a weak
+  learned-free selector that shows what an imperfect verifier does.
 * ``maj@k``: the most frequent final answer among k samples is correct.
 
 Example::
@@ -36,6 +38,12 @@ from bon_jax import input_pipeline
 from bon_jax import sampling
 
 CURVES = ("pass@k", "bo@k", "bo@k_logprob", "maj@k")
+VERIFIER_CURVE = "bo@k_verifier"
+
+
+def curve_names(results: dict[str, Any]) -> list[str]:
+  """The curves present in `summarize` output (bo@k_verifier only with a verifier)."""
+  return [c for c in (*CURVES, VERIFIER_CURVE) if c in results["overall"]]
 
 
 def ks_for(n: int) -> list[int]:
@@ -53,17 +61,19 @@ def sample_and_grade(
     task: Any,
     cfg: ml_collections.ConfigDict,
     rng: jax.Array,
+    verifier: Any = None,
 ) -> dict[str, np.ndarray]:
   """Samples `cfg.num_samples` completions per problem and grades them.
 
   Returns per-sample arrays of shape [num_problems, n]: `correct` (0/1),
   `answer_id` (equal ids = equal final answers; -1 = no valid answer),
-  `mean_logprob` (mean token log-prob at T=1) and `length` (tokens).
+  `mean_logprob` (mean token log-prob at T=1), `length` (tokens), and
+  `verifier_score` when `verifier` (a `bon_jax.verifier.Verifier`) is given.
   """
   n = cfg.num_samples
   prompts_all = [task.prompt_text(p) for p in problems]
   prompt_len = int(input_pipeline.encode_prompts(tokenizer, prompts_all).shape[1])
-  correct, answer_id, mean_lp, lengths = [], [], [], []
+  correct, answer_id, mean_lp, lengths, vscores = [], [], [], [], []
   for start in range(0, len(problems), cfg.prompts_per_batch):
     chunk = problems[start : start + cfg.prompts_per_batch]
     prompts = prompts_all[start : start + cfg.prompts_per_batch]
@@ -84,42 +94,56 @@ def sample_and_grade(
     toks = np.asarray(out.tokens)[: len(chunk)]
     lens = np.asarray(out.lengths)[: len(chunk)]
     lp = np.asarray(out.logprobs_t1)[: len(chunk)].sum(-1) / np.maximum(lens, 1)
+    texts = [[tokenizer.decode(toks[b, i, : lens[b, i]].tolist()) for i in range(n)]
+             for b in range(len(chunk))]
     for b, problem in enumerate(chunk):
       keys: dict[str, int] = {}
       row_c, row_a = [], []
-      for i in range(n):
-        text = tokenizer.decode(toks[b, i, : lens[b, i]].tolist())
+      for text in texts[b]:
         row_c.append(float(task.grade(problem, text)))
         key = task.answer_key(problem, text)
         row_a.append(-1 if key is None else keys.setdefault(key, len(keys)))
       correct.append(row_c)
       answer_id.append(row_a)
+    if verifier is not None:
+      vscores.append(np.asarray(verifier(chunk, texts, toks), np.float32))
     mean_lp.append(lp)
     lengths.append(lens)
-  return {
+  out = {
       "correct": np.asarray(correct, np.float32),
       "answer_id": np.asarray(answer_id, np.int32),
       "mean_logprob": np.concatenate(mean_lp).astype(np.float32),
       "length": np.concatenate(lengths).astype(np.int32),
   }
+  if verifier is not None:
+    out["verifier_score"] = np.concatenate(vscores)
+  return out
 
 
 def curves(graded: dict[str, np.ndarray], ks: Sequence[int]) -> dict[str, np.ndarray]:
   """Per-prompt curves: each value is float[num_problems, len(ks)]."""
   c = graded["correct"]
-  out = {name: [] for name in CURVES}
+  with_verifier = "verifier_score" in graded
+  out = {name: [] for name in (*CURVES, VERIFIER_CURVE)[: len(CURVES) + with_verifier]}
   for k in ks:
     out["pass@k"].append(np.asarray(bon.pass_at_k(c, k)))
     out["bo@k"].append(np.asarray(bon.best_of_k(c, c, k)))
     out["bo@k_logprob"].append(np.asarray(bon.best_of_k(c, graded["mean_logprob"], k)))
     out["maj@k"].append(np.asarray(bon.maj_at_k(graded["answer_id"], c, k)))
+    if with_verifier:
+      out[VERIFIER_CURVE].append(np.asarray(bon.best_of_k(c, graded["verifier_score"], k)))
   return {name: np.stack(v, axis=-1) for name, v in out.items()}
 
 
 def summarize(
     graded: dict[str, np.ndarray], problems: Sequence[Any]
 ) -> dict[str, Any]:
-  """Means and 95% normal intervals over prompts, overall and per level."""
+  """Means and 95% normal intervals over prompts, overall and per level.
+
+  Also keeps the per-prompt curves (``per_prompt[curve]``: [num_problems][len(ks)])
+  so runs evaluated on the same prompts can be compared paired
+  (`bon_jax.report`).
+  """
   n = graded["correct"].shape[1]
   ks = ks_for(n)
   per_prompt = curves(graded, ks)
@@ -140,6 +164,11 @@ def summarize(
       "by_level": {int(l): stats(levels == l) for l in np.unique(levels)},
       "mean_length": float(graded["length"].mean()),
       "per_prompt_correct": graded["correct"].sum(1).astype(int).tolist(),
+      "per_prompt": {name: np.round(v, 6).tolist() for name, v in per_prompt.items()},
+      "levels": levels.tolist(),
+      # Difficulty by how many distinct valid answers a prompt has (countdown).
+      "num_solutions": [int(getattr(p, "num_solutions", 0) or 0) for p in problems],
+      "prompt_ids": [str(getattr(p, "id", i)) for i, p in enumerate(problems)],
   }
 
 
@@ -148,7 +177,7 @@ def format_table(results: dict[str, Any]) -> str:
   ks = results["ks"]
   head = f"{'metric':<14}" + "".join(f"{'k=' + str(k):>8}" for k in ks)
   rows = [head, "-" * len(head)]
-  for name in CURVES:
+  for name in curve_names(results):
     vals = results["overall"][name]
     rows.append(f"{name:<14}" + "".join(f"{100 * v:>7.1f}%" for v in vals))
   return "\n".join(rows)
@@ -167,7 +196,7 @@ def write_report(results: dict[str, Any], out_dir: str, name: str) -> tuple[str,
     json.dump(results, f, indent=1)
   fig, ax = plt.subplots(figsize=(6, 4))
   ks = results["ks"]
-  for curve in CURVES:
+  for curve in curve_names(results):
     mean = np.asarray(results["overall"][curve])
     ci = np.asarray(results["overall"][curve + "_ci95"])
     # With the grader as verifier bo@k equals pass@k: dash it so both show.

@@ -39,9 +39,11 @@ from bon_jax import config_lib
 from bon_jax import evaluate
 from bon_jax import input_pipeline
 from bon_jax import models
+from bon_jax import optim
 from bon_jax import sharding
 from bon_jax import tokenizer as tokenizer_lib
 from bon_jax.tasks import countdown
+from bon_jax.tasks import registry
 
 
 @flax.struct.dataclass
@@ -124,21 +126,39 @@ def load_tokenizer(config: ml_collections.ConfigDict) -> Any:
 
 def make_task_splits(cfg: ml_collections.ConfigDict) -> tuple[list[Any], list[Any]]:
   """Train and test problems of `config.task` (a bad option is a `UserError`)."""
-  options = {k: v for k, v in cfg.to_dict().items() if k != "name"}
-  options = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
   try:
-    return countdown.make_splits(**options)
-  except (TypeError, ValueError) as e:
+    return registry.load_splits(cfg)
+  except (TypeError, ValueError, FileNotFoundError) as e:
     raise config_lib.UserError(f"config.task: {e}") from None
+
+
+def make_task(config: ml_collections.ConfigDict) -> Any:
+  """The task object of ``config.task`` (`bon_jax.tasks.registry`)."""
+  try:
+    return registry.make_task(config.task)
+  except ValueError as e:
+    raise config_lib.UserError(str(e)) from None
+
+
+def make_policy(config: ml_collections.ConfigDict, tokenizer: Any) -> Any:
+  """The policy `Transformer` of ``config.model`` (LoRA-wrapped when lora_rank > 0)."""
+  return models.policy_from_config(config.model, tokenizer.vocab_size)
+
+
+def policy_optimizer(cfg: ml_collections.ConfigDict, model_cfg: ml_collections.ConfigDict):
+  """AdamW of `cfg`, adapters-only under LoRA, moments in ``model.opt_state_dtype``."""
+  return optim.for_config(make_optimizer(cfg), model_cfg)
 
 
 def initial_params(config: ml_collections.ConfigDict, model: Any) -> Any:
   if config.model.ckpt_path:
     try:
-      return models.load_params(config.model.ckpt_path, preset=config.model.preset)
+      params = models.load_params(config.model.ckpt_path, preset=config.model.preset)
     except FileNotFoundError as e:
       raise config_lib.UserError(str(e)) from None
-  return models.init_params(model, jax.random.key(config.seed))
+  else:
+    params = models.init_params(models.base_model(model), jax.random.key(config.seed))
+  return models.ensure_adapters(model, params, jax.random.fold_in(jax.random.key(config.seed), 1))
 
 
 class JsonlWriter:
@@ -192,19 +212,17 @@ def restore_or_init(
   return mngr.restore(step, args=ocp.args.StandardRestore(abstract))
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Runs SFT (resuming from `workdir`) and evaluates the final policy.
+def train_sft(
+    config: ml_collections.ConfigDict, workdir: str, *, model: Any, tokenizer: Any, train_set: list[Any],
+    task: Any = countdown,
+) -> TrainState:
+  """Stage 1: supervised fine-tuning on the task's reference solutions.
 
-  Returns the evaluation results (see `evaluate.summarize`).
+  Resumes from `workdir/checkpoints`; returns the state after
+  ``config.train.steps`` steps (the initial params when steps = 0).
   """
-  config_lib.validate(config)
-  config_lib.prepare_workdir(config, workdir)
-  tok = load_tokenizer(config)
-  train_set, test_set = make_task_splits(config.task)
-  model = models.make_model(
-      preset=config.model.preset, vocab_size=tok.vocab_size, dtype=jnp.dtype(config.model.dtype)
-  )
-  optimizer = make_optimizer(config.train)
+  tok = tokenizer
+  optimizer = policy_optimizer(config.train, config.model)
   params = initial_params(config, model)
   state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
   # config.mesh: shard the state before restoring, so Orbax restores each array straight
@@ -219,7 +237,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   start = int(state.step)
 
   length = config.train.max_len or input_pipeline.sft_length(
-      train_set, tokenizer=tok, prompt_fn=countdown.prompt_text, target_fn=countdown.sft_targets
+      train_set, tokenizer=tok, prompt_fn=task.prompt_text, target_fn=task.sft_targets
   )
   train_step = make_sft_step(model, optimizer, mesh=mesh)
   jsonl = JsonlWriter(os.path.join(workdir, "metrics.jsonl"))
@@ -233,8 +251,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       batch = input_pipeline.sft_batch(
           train_set,
           tokenizer=tok,
-          prompt_fn=countdown.prompt_text,
-          target_fn=countdown.sft_targets,
+          prompt_fn=task.prompt_text,
+          target_fn=task.sft_targets,
           batch_size=config.train.batch_size,
           length=length,
           seed=config.seed,
@@ -261,44 +279,232 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if start < final and mngr.latest_step() != final:
     mngr.save(final, args=ocp.args.StandardSave(state), force=True)
   mngr.wait_until_finished()
-
-  results = _evaluate_once(config, workdir, model, state.params, tok, test_set, final)
-  writer.write_scalars(final, {f"eval/{m}@{k}": v for m in evaluate.CURVES
-                               for k, v in zip(results["ks"], results["overall"][m])})
   writer.flush()
   jsonl.close()
   mngr.close()
+  return state
+
+
+BASE = "base"  # The SFT policy in the pipeline's results and tables.
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """The whole job, resuming every stage from `workdir`.
+
+  1. SFT (`train_sft`) of the policy: the base of every later stage.
+  2. The learned verifier (`verifier.run_verifier_stage`) on the SFT policy's
+     graded samples, when ``config.verifier.steps > 0``.
+  3. Each of ``config.algorithms`` fine-tuned from the SFT policy through the
+     one loop of `bon_jax.rl.train_rl` (``workdir/rl/<algorithm>``).
+  4. Every policy evaluated on the same held-out prompts with the same keys
+     (pass@k, Bo-k with the grader and the learned verifier, maj@k), at
+     ``eval.temperature`` and each of ``eval.extra_temperatures``, and one
+     comparison table + plot (``workdir/compare.{json,md,png}``).
+
+  Returns {policy name: evaluation results at eval.temperature}, where
+  `BASE` is the SFT policy every stage starts from.
+  """
+  from bon_jax import rl  # pylint: disable=g-import-not-at-top  (rl builds on this module)
+  from bon_jax import verifier as verifier_lib  # pylint: disable=g-import-not-at-top
+
+  config_lib.validate(config)
+  config_lib.prepare_workdir(config, workdir)
+  tok = load_tokenizer(config)
+  task = make_task(config)
+  train_set, test_set = make_task_splits(config.task)
+  model = make_policy(config, tok)
+  state = train_sft(config, workdir, model=model, tokenizer=tok, train_set=train_set, task=task)
+  base_params, final = state.params, config.train.steps
+  del state
+
+  learned = None
+  if config.verifier.steps > 0:
+    vparams = _verifier_stage(config, workdir, model, base_params, tok, train_set, test_set, task)
+    learned = verifier_lib.learned_verifier(models.base_model(model), vparams, tokenizer=tok, task=task)
+
+  results = {BASE: _evaluate_all(config, workdir, model, base_params, tok, test_set, final, learned, task)}
+  for name in config.algorithms:
+    stage = stage_config(config, name)
+    stage_dir = os.path.join(workdir, "rl", name)
+    # The pipeline's verifier unless the stage names its own checkpoint.
+    sel = learned if stage.rl.verifier == "learned" and not stage.rl.verifier_ckpt else None
+    print(f"\nFine-tuning {name!r} ({stage.rl.algorithm}, N'={stage.rl.N_prime}, N={stage.rl.N},"
+          f" {stage.rl.steps} steps) in {stage_dir}")
+    rl_state, _ = rl.train_rl(stage, stage_dir, init_params=base_params, problems=train_set,
+                              task=task, verifier=sel)
+    results[name] = _evaluate_all(config, stage_dir, model, rl_state.params, tok, test_set,
+                                  stage.rl.steps, learned, task)
+    del rl_state
+  if config.algorithms:
+    write_comparison(results, workdir, temperature=config.eval.temperature)
   return results
 
 
-def _evaluate_once(config, workdir, model, params, tok, test_set, step) -> dict[str, Any]:
-  """Evaluates at `step` unless `eval/step_<step>.json` already has this eval config."""
+def stage_config(config: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
+  """The config of fine-tuning stage `name`: ``rl`` + ``rl_overrides.<name>``.
+
+  `name` is an algorithm of `bon.WEIGHT_FNS`, or any label whose overrides
+  set ``algorithm`` (e.g. ``rl_overrides.rloo_n1 = {"algorithm": "rloo", ...}``).
+  """
+  stage = ml_collections.ConfigDict(config.to_dict())
+  overrides = config.rl_overrides.get(name)
+  rl_cfg = stage.rl
+  if overrides is None or "algorithm" not in overrides:
+    rl_cfg.algorithm = name
+  if overrides is not None:
+    rl_cfg.update(overrides.to_dict() if hasattr(overrides, "to_dict") else dict(overrides))
+  return stage
+
+
+def _plain(model: Any, params: Any) -> Any:
+  """Params of the plain Transformer (LoRA adapters folded in), e.g. for the verifier's backbone."""
+  return models.merge_lora(model, params) if models.is_lora(model) else params
+
+
+def _verifier_stage(config, workdir, model, base_params, tok, train_set, test_set, task) -> Any:
+  """Trains the verifier once per workdir; a rerun loads it (same config) or refuses."""
+  from bon_jax import verifier as verifier_lib  # pylint: disable=g-import-not-at-top
+
+  out_dir = os.path.join(workdir, "verifier")
+  report_path = os.path.join(out_dir, "report.json")
+  want = json.loads(json.dumps({"verifier": config.verifier.to_dict(), "train_steps": config.train.steps}))
+  if os.path.exists(report_path):
+    with open(report_path) as f:
+      saved = json.load(f)
+    if saved.get("config") != want:
+      raise config_lib.UserError(
+          f"{out_dir} holds a verifier trained with another config.verifier or SFT length;"
+          " use a new --workdir or the original settings")
+    print(f"\nLearned verifier: loaded from {out_dir} (held-out AUC {saved['report']['auc']:.3f})")
+    return verifier_lib.load_verifier(os.path.join(out_dir, "verifier"), models.base_model(model))
+  print(f"\nTraining the verifier ({config.verifier.steps} steps on"
+        f" {config.verifier.num_prompts} x {config.verifier.num_samples} SFT samples)")
+  t0 = time.perf_counter()
+  vparams, report = verifier_lib.run_verifier_stage(
+      config.verifier, model=models.base_model(model), policy_params=_plain(model, base_params),
+      tokenizer=tok, task=task,
+      train_problems=train_set, test_problems=test_set, out_dir=out_dir)
+  report["seconds"] = time.perf_counter() - t0
+  with open(report_path, "w") as f:
+    json.dump({"config": want, "report": report}, f, indent=1)
+  ks = report["ks"]
+  print(f"Verifier: held-out AUC {report['auc']:.3f}; Bo-k "
+        + ", ".join(f"k={k}: {100 * v:.1f}%" for k, v in zip(ks, report["bo@k"]))
+        + " (pass@k " + ", ".join(f"{100 * v:.1f}%" for v in report["pass@k"]) + ")")
+  return vparams
+
+
+def _evaluate_all(config, workdir, model, params, tok, test_set, step, verifier, task) -> dict[str, Any]:
+  """`_evaluate_once` at eval.temperature and at each extra temperature."""
+  results = _evaluate_once(config, workdir, model, params, tok, test_set, step, verifier, task=task)
+  for t in config.eval.get("extra_temperatures", ()):
+    cfg = ml_collections.ConfigDict(config.to_dict())
+    cfg.eval.temperature = float(t)
+    _evaluate_once(cfg, workdir, model, params, tok, test_set, step, verifier, task=task, suffix=f"_T{t:g}")
+  return results
+
+
+def write_comparison(results: dict[str, dict[str, Any]], workdir: str, *, temperature: float) -> str:
+  """The table (markdown) and plot comparing every policy of the pipeline.
+
+  Columns: pass@1, pass@N, Bo-N (learned verifier if present, else grader),
+  maj@N at N = eval.num_samples, each with its 95% interval over prompts, and
+  the paired difference of pass@N against `BASE` (same prompts and keys, so
+  the per-prompt differences give a much tighter interval).
+  """
+  import matplotlib  # pylint: disable=g-import-not-at-top
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  base = results[BASE]
+  ks, n = base["ks"], base["num_samples"]
+  bo = evaluate.VERIFIER_CURVE if evaluate.VERIFIER_CURVE in base["overall"] else "bo@k"
+  cols = [("pass@k", 1), ("pass@k", n), (bo, n), ("maj@k", n)]
+  head = ("| policy | " + " | ".join(f"{c.replace('@k', '@' + str(k))}" for c, k in cols)
+          + f" | Δpass@{n} vs {BASE} (paired) |")
+  lines = [f"Held-out evaluation, T={temperature:g}, {base['overall']['num_prompts']} prompts, n={n} samples each.", "",
+           head, "|" + "---|" * (len(cols) + 2)]
+  for name, res in results.items():
+    cells = []
+    for c, k in cols:
+      i = ks.index(k)
+      cells.append(f"{100 * res['overall'][c][i]:.1f} ± {100 * res['overall'][c + '_ci95'][i]:.1f}")
+    d = np.asarray(res["per_prompt"]["pass@k"])[:, -1] - np.asarray(base["per_prompt"]["pass@k"])[:, -1]
+    half = 1.96 * d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else 0.0
+    cells.append("—" if name == BASE else f"{100 * d.mean():+.1f} ± {100 * half:.1f}")
+    lines.append(f"| {name} | " + " | ".join(cells) + " |")
+  table = "\n".join(lines)
+
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+  for ax, curve in zip(axes, ("pass@k", bo)):
+    for name, res in results.items():
+      mean = 100 * np.asarray(res["overall"][curve])
+      ax.plot(ks, mean, marker="o", label=name, linestyle="--" if name == BASE else "-")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(ks, [str(k) for k in ks])
+    ax.set_xlabel("k (samples)")
+    ax.set_title(curve + (" (learned verifier)" if curve == evaluate.VERIFIER_CURVE else ""))
+    ax.grid(alpha=0.3)
+  axes[0].set_ylabel("accuracy on held-out prompts (%)")
+  axes[1].legend(fontsize=8)
+  fig.tight_layout()
+
+  payload = {"temperature": temperature, "table": table,
+             "results": {k: {m: v["overall"][m] for m in evaluate.curve_names(v)} | {"ks": ks}
+                         for k, v in results.items()}}
+  name = "compare"
+  path = os.path.join(workdir, name + ".json")
+  if os.path.exists(path):
+    with open(path) as f:
+      if json.load(f) == json.loads(json.dumps(payload)):
+        plt.close(fig)
+        print("\n" + table + f"\n\n(already in {os.path.join(workdir, name)}.{{md,json,png}})")
+        return table
+    name = f"compare_{int(time.time())}"  # Never overwrite an earlier comparison.
+  with open(os.path.join(workdir, name + ".json"), "w") as f:
+    json.dump(payload, f, indent=1)
+  with open(os.path.join(workdir, name + ".md"), "w") as f:
+    f.write(table + "\n")
+  fig.savefig(os.path.join(workdir, name + ".png"), dpi=120)
+  plt.close(fig)
+  print("\n" + table + f"\n\nWrote {os.path.join(workdir, name)}.{{md,json,png}}")
+  return table
+
+
+def _evaluate_once(config, workdir, model, params, tok, test_set, step, verifier=None, *,
+                   task: Any = countdown, suffix: str = "") -> dict[str, Any]:
+  """Evaluates at `step` unless `eval/step_<step><suffix>.json` already has this eval config."""
   out_dir = os.path.join(workdir, "eval")
-  name = f"step_{step}"
+  name = f"step_{step}{suffix}"
   path = os.path.join(out_dir, name + ".json")
   if os.path.exists(path):
     with open(path) as f:
       saved = json.load(f)
-    if saved.get("eval_config") == config.eval.to_dict():
+    if (saved.get("eval_config") == json.loads(json.dumps(config.eval.to_dict()))
+        and saved.get("verifier") == ("learned" if verifier is not None else None)):
       logging.info("Evaluation of step %d already in %s", step, path)
       print(evaluate.format_table(saved))
       return saved
-    name = f"step_{step}_{int(time.time())}"  # Never overwrite an earlier evaluation.
+    name = f"step_{step}{suffix}_{int(time.time())}"  # Never overwrite an earlier evaluation.
   problems = test_set[: config.eval.num_prompts]
   graded = evaluate.sample_and_grade(
       model=model,
       params=params,
       tokenizer=tok,
       problems=problems,
-      task=countdown,
+      task=task,
       cfg=config.eval,
-      rng=jax.random.fold_in(jax.random.key(config.seed), step),
+      # The same key for every policy and stage: paired comparisons on common samples.
+      rng=jax.random.fold_in(jax.random.key(config.seed), 0xE7A1),
+      verifier=verifier,
   )
   results = evaluate.summarize(graded, problems)
   results["eval_config"] = config.eval.to_dict()
+  results["verifier"] = "learned" if verifier is not None else None
   results["step"] = step
   json_path, png_path = evaluate.write_report(results, out_dir, name)
-  print(f"\nHeld-out evaluation of the policy at step {step} (T={config.eval.temperature}):")
+  print(f"\nHeld-out evaluation of {workdir} at step {step} (T={config.eval.temperature}):")
   print(evaluate.format_table(results))
   print(f"\nWrote {json_path} and {png_path}")
   return results

@@ -125,6 +125,9 @@ def init_verifier(model: Any, rng: jax.Array, *, backbone: Params | None = None)
   k_backbone, k_head = jax.random.split(rng)
   if backbone is None:
     backbone = models.init_params(model, k_backbone)
+  else:
+    # Own buffers: training donates the verifier's params, the policy keeps its own.
+    backbone = jax.tree.map(jnp.array, backbone)
   d = model.config.embed_dim
   head = _HEAD.init(k_head, jnp.zeros((1, d), jnp.float32))["params"]
   return {"backbone": backbone, "head": head}
@@ -416,28 +419,10 @@ def learned_verifier(
 
 
 def default_verifier_config() -> ml_collections.ConfigDict:
-  """The verifier stage's config (the lead moves it into configs/).
+  """``config.verifier``'s defaults (configs/common.py `verifier_config`)."""
+  from configs import common  # pylint: disable=g-import-not-at-top
 
-  Data: `num_prompts` training problems x `num_samples` policy samples at
-  `temperature`, graded by the task; `holdout_prompts` further problems for
-  AUC / Bo-k. Training: `steps` AdamW steps of `batch_size` sequences.
-  """
-  c = ml_collections.ConfigDict()
-  c.init = "policy"  # "policy": backbone from the policy params; "random".
-  c.num_prompts = 512
-  c.holdout_prompts = 128
-  c.num_samples = 8
-  c.temperature = 1.0
-  c.max_new_tokens = 32
-  c.steps = 500
-  c.batch_size = 64
-  c.learning_rate = 1e-4
-  c.weight_decay = 0.0
-  c.warmup_steps = 20
-  c.seed = 0
-  c.ks = (1, 2, 4, 8)
-  c.prompts_per_batch = 32  # Sampling and scoring chunk (one compiled shape each).
-  return c
+  return common.verifier_config()
 
 
 def run_verifier_stage(

@@ -61,6 +61,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.max_new_tokens = 32
   c.eval.prompts_per_batch = 32
 
+  # Also evaluate every policy at these temperatures (eval/step_<s>_T<t>.json).
+  c.eval.extra_temperatures = ()
+
   # The device mesh (bon_jax/sharding.py): sizes of the (data, fsdp, tensor)
   # axes; one may be -1 = all remaining devices. data: replicated params,
   # split batches; fsdp: split batches and every weight matrix (ZeRO-3 style);
@@ -78,4 +81,77 @@ def base_config() -> ml_collections.ConfigDict:
   c.distributed.coordinator_address = ""  # "host:port" of process 0; "" = env / auto.
   c.distributed.num_processes = 0  # 0 = env / auto.
   c.distributed.process_id = -1  # -1 = env / auto.
+
+  # The pipeline after SFT: `algorithms` are fine-tuned one by one from the SFT
+  # policy with the shared `rl` settings (plus `rl_overrides.<algorithm>`), then
+  # every policy is evaluated on the same prompts and compared in one table.
+  c.algorithms = ()
+  c.rl = rl_config()
+  c.rl_overrides = ml_collections.ConfigDict()
+  # The learned outcome verifier, trained on the SFT policy's graded samples
+  # when `verifier.steps > 0`; used by `rl.verifier="learned"` and for Bo-k.
+  c.verifier = verifier_config()
+  return c
+
+
+def rl_config() -> ml_collections.ConfigDict:
+  """``config.rl``: one BoN-aware fine-tuning stage (bon_jax/rl.py)."""
+  c = ml_collections.ConfigDict()
+  # A name of bon_jax.bon.WEIGHT_FNS: sft, rloo, grpo, bon_sft, bon_rl_v,
+  # bon_rl_s, bon_rlb, bon_rlb_p, best_of_k, pass_at_k, max_at_k, maj_at_k.
+  c.algorithm = "rloo"
+  c.N_prime = 8  # Samples per prompt per step (N').
+  c.N = 4  # The BoN target: N of bon_*, k of the subset estimators.
+  c.kl_coef = 0.0  # Sequence-level KL(pi || pi_sft), exact per prefix.
+  c.entropy_coef = 0.0
+  c.max_gain = ml_collections.config_dict.placeholder(float)  # bon_rlb clip; None = 10 N.
+  c.lam = ml_collections.config_dict.placeholder(float)  # bon_sft lambda_N; None = lambda_for_n(N).
+  c.prompts_per_step = 16
+  c.steps = 200
+  c.learning_rate = 1e-4
+  c.warmup_steps = 0
+  c.weight_decay = 0.0
+  c.grad_clip_norm = 1.0
+  c.temperature = 1.0  # Sampling temperature; log pi is taken at the same T.
+  # Rows (of the prompts_per_step x N' samples) per gradient-accumulation
+  # microbatch of the update: bounds its float32 [rows, L, vocab] log-softmax,
+  # probs and reference log-probs. 0 = all rows in one pass. Same loss and
+  # gradient either way (`rl.make_policy_update`).
+  c.microbatch_rows = 0
+  c.max_new_tokens = 32
+  # The BoN selector r: "grader" (exact, BoN-RL-S) or "learned" (the verifier
+  # stage's, or `verifier_ckpt` when set).
+  c.verifier = "grader"
+  c.verifier_ckpt = ""
+  c.log_every = 10
+  c.checkpoint_every = 50
+  c.keep_checkpoints = 2
+  # Seed of the stage's prompts and samples; None = config.seed. Vary it to
+  # repeat fine-tuning from one SFT policy (configs/countdown_bon.py).
+  c.seed = ml_collections.config_dict.placeholder(int)
+  return c
+
+
+def verifier_config() -> ml_collections.ConfigDict:
+  """``config.verifier``: the learned outcome verifier (bon_jax/verifier.py).
+
+  Data: `num_prompts` training problems x `num_samples` samples of the SFT
+  policy at `temperature`, graded by the task; `holdout_prompts` test problems
+  for AUC and Bo-k. Training: `steps` AdamW steps of `batch_size` sequences.
+  """
+  c = ml_collections.ConfigDict()
+  c.steps = 0  # 0 = no learned verifier (Bo-k uses the grader).
+  c.init = "policy"  # Backbone from the SFT policy ("policy") or "random".
+  c.num_prompts = 512
+  c.holdout_prompts = 128
+  c.num_samples = 8
+  c.temperature = 1.0
+  c.max_new_tokens = 32
+  c.batch_size = 64
+  c.learning_rate = 1e-4
+  c.weight_decay = 0.0
+  c.warmup_steps = 20
+  c.seed = 0
+  c.ks = (1, 2, 4, 8)
+  c.prompts_per_batch = 32  # Sampling and scoring chunk (one compiled shape each).
   return c

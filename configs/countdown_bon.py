@@ -1,0 +1,35 @@
+"""Reproduction on the embedded task: every fine-tuning algorithm from one SFT base.
+
+  python -m bon_jax.main --config=configs/countdown_bon.py --workdir=/tmp/bon_repro/seed0 \
+      --config.seed=0
+
+The SFT base is the demo's (configs/demo.py: `small` preset, 2000 steps), so a
+demo workdir can be reused as the starting point. Every algorithm then gets the
+same sample budget (rl.steps x rl.prompts_per_step x rl.N_prime samples) and
+is evaluated on the same 256 held-out prompts with the same keys, at the
+training temperature and one lower and one higher. docs/RESULTS.md reports
+three seeds of it; `python -m bon_jax.report` pools them with paired intervals.
+"""
+
+from configs import demo
+
+
+def get_config():
+  config = demo.get_config()
+
+  # Both selectors are needed: Bo-N with the learned verifier is reported for
+  # every policy, and BoN-RL-V trains against it.
+  config.verifier.steps = 600
+  config.verifier.num_prompts = 1024
+
+  config.algorithms = ("sft", "rloo", "bon_sft", "bon_rl_v", "bon_rl_s", "bon_rlb", "bon_rlb_p",
+                       "pass_at_k")
+  # N' = 8 samples per prompt, 16 prompts per step, N = 8 (from the demo).
+  config.rl.steps = 150
+  config.rl.checkpoint_every = 50
+  # BoN-RL-V selects with the learned verifier (demo); BoN-RL-S with the grader.
+
+  config.eval.num_prompts = 256
+  config.eval.num_samples = 32
+  config.eval.extra_temperatures = (0.5, 1.5)
+  return config

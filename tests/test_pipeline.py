@@ -1,0 +1,132 @@
+"""The whole job: SFT -> verifier -> every algorithm through one loop -> comparison."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from bon_jax import config_lib
+from bon_jax import train
+from configs import countdown_bon
+from configs import demo
+
+
+def _pipeline_config():
+  c = countdown_bon.get_config()
+  c.model.preset = "micro"
+  c.task.num_train = 64
+  c.task.num_test = 8
+  c.train.steps = 2
+  c.train.batch_size = 4
+  c.train.warmup_steps = 1
+  c.train.checkpoint_every = 2
+  c.verifier.steps = 2
+  c.verifier.num_prompts = 4
+  c.verifier.holdout_prompts = 4
+  c.verifier.num_samples = 2
+  c.verifier.max_new_tokens = 8
+  c.verifier.batch_size = 4
+  c.verifier.warmup_steps = 0
+  c.verifier.ks = (1, 2)
+  c.verifier.prompts_per_batch = 4
+  c.algorithms = ("rloo", "bon_rl_v", "sft")
+  c.rl.N_prime = 2
+  c.rl.N = 2
+  c.rl.prompts_per_step = 2
+  c.rl.steps = 2
+  c.rl.max_new_tokens = 24  # Room for the expert demonstrations of `sft`.
+  c.rl.checkpoint_every = 2
+  c.eval.num_prompts = 4
+  c.eval.num_samples = 4
+  c.eval.prompts_per_batch = 4
+  c.eval.max_new_tokens = 8
+  c.eval.extra_temperatures = (0.5,)
+  return c
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(tmp_path_factory):
+  wd = str(tmp_path_factory.mktemp("pipeline"))
+  results = train.train_and_evaluate(_pipeline_config(), wd)
+  return wd, results
+
+
+def test_every_stage_runs_and_is_evaluated_on_the_same_prompts(pipeline_run):
+  wd, results = pipeline_run
+  assert list(results) == ["base", "rloo", "bon_rl_v", "sft"]
+  for name in ("rloo", "bon_rl_v", "sft"):
+    lines = [json.loads(l) for l in open(os.path.join(wd, "rl", name, "metrics.jsonl"))]
+    assert lines[-1]["step"] == 2 and np.isfinite(lines[-1]["loss"])
+    assert os.path.exists(os.path.join(wd, "rl", name, "eval", "step_2.json"))
+    assert os.path.exists(os.path.join(wd, "rl", name, "eval", "step_2_T0.5.json"))
+  assert os.path.exists(os.path.join(wd, "verifier", "verifier"))
+  ids = {tuple(r["prompt_ids"]) for r in results.values()}
+  assert len(ids) == 1  # Paired: every policy on the same prompts.
+  for r in results.values():
+    # The learned verifier's Bo-k is reported next to the grader's, within [0, 1].
+    assert all(0.0 <= v <= 1.0 for v in r["overall"]["bo@k_verifier"])
+    assert r["verifier"] == "learned"
+
+
+def test_comparison_table_has_a_row_per_policy_and_paired_deltas(pipeline_run):
+  wd, results = pipeline_run
+  table = open(os.path.join(wd, "compare.md")).read()
+  rows = [l for l in table.splitlines() if l.startswith("| ") and not l.startswith("| policy")]
+  assert [r.split("|")[1].strip() for r in rows] == list(results)
+  # The paired delta column is recomputed here from the per-prompt curves.
+  d = (np.asarray(results["rloo"]["per_prompt"]["pass@k"])[:, -1]
+       - np.asarray(results["base"]["per_prompt"]["pass@k"])[:, -1])
+  assert f"{100 * d.mean():+.1f}" in rows[1]
+  assert os.path.getsize(os.path.join(wd, "compare.png")) > 1000
+
+
+def test_rerun_resumes_every_stage_without_rewriting(pipeline_run):
+  wd, results = pipeline_run
+  before = {}
+  for root, _, files in os.walk(wd):
+    for f in files:
+      if f.endswith((".json", ".png", ".md")):
+        before[os.path.join(root, f)] = os.path.getmtime(os.path.join(root, f))
+  again = train.train_and_evaluate(_pipeline_config(), wd)
+  assert {k: v["overall"] for k, v in again.items()} == {k: v["overall"] for k, v in results.items()}
+  after = {p: os.path.getmtime(p) for p in before}
+  new = [os.path.join(r, f) for r, _, fs in os.walk(wd) for f in fs
+         if f.endswith((".json", ".png", ".md")) and os.path.join(r, f) not in before]
+  assert after == before and not new, new
+
+
+def test_stage_with_other_rl_settings_is_refused(pipeline_run):
+  wd, _ = pipeline_run
+  c = _pipeline_config()
+  c.rl.learning_rate = 0.5
+  with pytest.raises(config_lib.UserError, match="different config.*rl.learning_rate"):
+    train.train_and_evaluate(c, wd)
+
+
+@pytest.mark.parametrize(
+    "edit,match",
+    [
+        (lambda c: setattr(c, "algorithms", ("rloo", "ppo")), "stage 'ppo'.*unknown"),
+        (lambda c: setattr(c.verifier, "steps", 0), "stage 'bon_rl_v' uses rl.verifier='learned'"),
+        (lambda c: setattr(c, "algorithms", ("rloo", "rloo")), "duplicates"),
+        (lambda c: setattr(c.eval, "extra_temperatures", (0.0,)), "extra_temperatures"),
+        (lambda c: setattr(c, "algorithms", ("base",)), "names the SFT starting policy"),
+    ],
+)
+def test_bad_pipeline_config_is_one_line(edit, match):
+  c = _pipeline_config()
+  edit(c)
+  with pytest.raises(config_lib.UserError, match=match) as e:
+    config_lib.validate(c)
+  assert "\n" not in str(e.value)
+
+
+def test_overrides_pick_the_algorithm_and_settings_of_a_stage():
+  c = demo.get_config()
+  c.algorithms = ("rloo", "rl_n1")
+  c.rl_overrides.rl_n1 = dict(algorithm="rloo", N_prime=2, learning_rate=1e-3)
+  a, b = train.stage_config(c, "rloo"), train.stage_config(c, "rl_n1")
+  assert (a.rl.algorithm, a.rl.N_prime) == ("rloo", c.rl.N_prime)
+  assert (b.rl.algorithm, b.rl.N_prime, b.rl.learning_rate) == ("rloo", 2, 1e-3)
+  assert c.rl.algorithm == "rloo" and c.rl.N_prime == 8  # The shared section is untouched.
