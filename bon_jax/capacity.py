@@ -21,7 +21,9 @@ the most loaded device holds of:
   is);
 * one float32 copy of the update's logits [rows, P + T - 1, vocab]
   (`rl.policy_loss` takes a full-vocabulary log-softmax of every row for the
-  exact KL and entropy, and holds a few such arrays at once).
+  exact KL and entropy, and holds a few such arrays at once); with
+  ``rl.microbatch_rows = k > 0`` the rows of one microbatch (k), plus the
+  float32 gradient accumulator.
 
 Activations other than the logits, and XLA's temporary buffers, are not
 counted. `format_plan` prints it (``python -m bon_jax.main --dry_run``).
@@ -220,7 +222,18 @@ def plan(config: ml_collections.ConfigDict, *, num_devices: int | None = None) -
     length = prompt_len + rl.max_new_tokens - 1
     n_batch = mesh_shape[0] * mesh_shape[1]
     per_device["kv_cache_rl"] = samplers[0]["kv_per_device"]
-    per_device["update_logits_f32"] = -(-rows // n_batch) * length * vocab * 4
+    micro = int(rl.get("microbatch_rows", 0))
+    if 0 < micro < rows:
+      # One microbatch's rows at a time (rl.make_policy_update), over the batch
+      # axes when they divide it, else on every device.
+      rows, row_shards = micro, n_batch if micro % n_batch == 0 else 1
+      per_device["gradient_accumulator_f32"] = sharding.per_device_bytes(
+          [jax.ShapeDtypeStruct(x.shape, jnp.float32) for x in trainable], trainable_specs, amesh)
+      notes.append("gradient_accumulator_f32: the float32 gradient sums over the update's"
+                   f" microbatches (rl.microbatch_rows={micro})")
+    else:
+      row_shards = n_batch
+    per_device["update_logits_f32"] = -(-rows // row_shards) * length * vocab * 4
     notes.append(f"update_logits_f32: one float32 [rows={rows}, {length}, V={vocab}] array of"
                  " the update (rl.policy_loss keeps several: log-probs, probs, the reference's)")
   resident = sum(per_device.get(k, 0) for k in
@@ -228,8 +241,8 @@ def plan(config: ml_collections.ConfigDict, *, num_devices: int | None = None) -
   phases = {"resident (params, optimizer, reference, verifier)": resident}
   if stages:
     phases["rl sampling (resident + kv_cache_rl)"] = resident + per_device["kv_cache_rl"]
-    phases["rl update (resident + gradients + update_logits_f32)"] = (
-        resident + per_device["gradients"] + per_device["update_logits_f32"])
+    update = [k for k in ("gradients", "gradient_accumulator_f32", "update_logits_f32") if k in per_device]
+    phases[f"rl update (resident + {' + '.join(update)})"] = resident + sum(per_device[k] for k in update)
   phases["eval sampling (params + its KV cache)"] = params_bytes + samplers[-1]["kv_per_device"]
   return {
       "preset": config.model.preset,

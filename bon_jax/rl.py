@@ -62,6 +62,7 @@ import ml_collections
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
+import tqdm
 
 from bon_jax import bon
 from bon_jax import config_lib
@@ -83,44 +84,10 @@ _SUBSET = ("best_of_k", "pass_at_k", "max_at_k", "maj_at_k")
 
 
 def default_rl_config() -> ml_collections.ConfigDict:
-  """``config.rl``: the fine-tuning stage (the lead moves it into configs/).
+  """``config.rl``'s defaults (configs/common.py `rl_config`, documented there)."""
+  from configs import common  # pylint: disable=g-import-not-at-top
 
-  Fields:
-    algorithm: a name of `bon.WEIGHT_FNS` (see the module docstring).
-    N_prime: samples drawn per prompt per step (N').
-    N: the BoN target (N of bon_*, k of the subset estimators).
-    kl_coef, entropy_coef: regulariser weights (sequence level).
-    max_gain: BoN-RLB gain clip (None: bon's default 10 N).
-    lam: BoN-SFT lambda_N (None: `bon.lambda_for_n(N)`).
-    prompts_per_step: B, prompts per update.
-    steps, learning_rate, warmup_steps, weight_decay, grad_clip_norm: the
-      AdamW schedule of `train.make_optimizer`.
-    temperature, max_new_tokens: sampling (log pi is taken at the same T).
-    verifier: "grader" (exact grader scores) or "learned" (`verifier_ckpt`).
-    log_every, checkpoint_every, keep_checkpoints: as in config.train.
-  """
-  c = ml_collections.ConfigDict()
-  c.algorithm = "rloo"
-  c.N_prime = 8
-  c.N = 4
-  c.kl_coef = 0.0
-  c.entropy_coef = 0.0
-  c.max_gain = ml_collections.config_dict.placeholder(float)
-  c.lam = ml_collections.config_dict.placeholder(float)
-  c.prompts_per_step = 16
-  c.steps = 200
-  c.learning_rate = 1e-4
-  c.warmup_steps = 0
-  c.weight_decay = 0.0
-  c.grad_clip_norm = 1.0
-  c.temperature = 1.0
-  c.max_new_tokens = 32
-  c.verifier = "grader"
-  c.verifier_ckpt = ""
-  c.log_every = 1
-  c.checkpoint_every = 50
-  c.keep_checkpoints = 3
-  return c
+  return common.rl_config()
 
 
 def validate_rl_config(cfg: ml_collections.ConfigDict) -> None:
@@ -141,6 +108,9 @@ def validate_rl_config(cfg: ml_collections.ConfigDict) -> None:
   need(cfg.learning_rate > 0, "config.rl.learning_rate must be > 0")
   need(cfg.temperature > 0, "config.rl.temperature must be > 0 (log pi of greedy decoding is undefined)")
   need(cfg.kl_coef >= 0 and cfg.entropy_coef >= 0, "config.rl.kl_coef and entropy_coef must be >= 0")
+  mb = cfg.get("microbatch_rows", 0)
+  need(isinstance(mb, int) and not isinstance(mb, bool) and mb >= 0,
+       f"config.rl.microbatch_rows must be an integer >= 0 (0 = the whole batch in one pass), got {mb!r}")
   if cfg.algorithm in _GROUPED:
     need(cfg.N_prime % cfg.N == 0,
          f"config.rl.N_prime={cfg.N_prime} must be a multiple of config.rl.N={cfg.N} for {cfg.algorithm}")
@@ -149,12 +119,111 @@ def validate_rl_config(cfg: ml_collections.ConfigDict) -> None:
          f"config.rl.N={cfg.N} must be <= config.rl.N_prime={cfg.N_prime} for {cfg.algorithm}")
   need(cfg.verifier in ("grader", "learned"),
        f"config.rl.verifier must be 'grader' or 'learned', got {cfg.verifier!r}")
-  need(cfg.verifier != "learned" or bool(cfg.verifier_ckpt),
-       "config.rl.verifier='learned' needs config.rl.verifier_ckpt (a verifier.save_verifier directory)")
 
 
 # ----------------------------------------------------------------------------
 # The update.
+
+
+def _flat_rows(batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+  """The batch's [B, n, ...] groups as R = B * n rows (the loss needs no group statistics)."""
+  tokens = batch["tokens"]
+  b, n, length = tokens.shape
+  return {
+      "tokens": tokens.reshape(b * n, length),
+      "completion_mask": batch["completion_mask"].reshape(b * n, length - 1).astype(jnp.float32),
+      "weights": jax.lax.stop_gradient(batch["weights"].reshape(b * n).astype(jnp.float32)),
+      "sample_mask": batch["sample_mask"].reshape(b * n).astype(jnp.float32),
+  }
+
+
+def _normalisers(rows: dict[str, jax.Array], num_prompts: int) -> dict[str, jax.Array]:
+  """The loss's batch-wide denominators: B prompts, policy samples, their completion tokens.
+
+  Taken once from the whole batch, so the loss of any partition of the rows
+  sums to the batch's loss (`make_policy_update`'s microbatches).
+  """
+  smask = rows["completion_mask"] * rows["sample_mask"][:, None]
+  return {"prompts": jnp.float32(num_prompts),
+          "samples": jnp.maximum(jnp.sum(rows["sample_mask"]), 1.0),
+          "tokens": jnp.maximum(jnp.sum(smask), 1.0)}
+
+
+def _rows_loss(
+    model: Any,
+    params: Params,
+    ref_params: Params | None,
+    rows: dict[str, jax.Array],
+    norm: dict[str, jax.Array],
+    *,
+    kl_coef: float,
+    entropy_coef: float,
+    temperature: float,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """`policy_loss`'s row-additive part: (loss, metrics) of some rows [r, ...].
+
+  Every value is a sum over rows divided by a batch-wide `norm`, so summing
+  it over a partition of the batch's rows gives the whole batch's value.
+  """
+  if ref_params is None and kl_coef:
+    raise ValueError("kl_coef > 0 needs ref_params (the frozen reference policy)")
+  flat, mask, w = rows["tokens"], rows["completion_mask"], rows["weights"]
+  smask = mask * rows["sample_mask"][:, None]
+
+  def log_probs(p):
+    logits = model.apply({"params": p}, flat).logits[:, :-1].astype(jnp.float32)
+    return jax.nn.log_softmax(logits / temperature, axis=-1)  # [r, L-1, V]
+
+  logp_all = log_probs(params)
+  logp = jnp.take_along_axis(logp_all, flat[:, 1:, None], axis=-1)[..., 0]
+  seq_logp = jnp.sum(mask * logp, axis=-1)  # [r]
+  pg_loss = -jnp.sum(w * seq_logp) / norm["prompts"]
+
+  probs = jnp.exp(logp_all)
+  ent_sum = jnp.sum(smask * -jnp.sum(probs * logp_all, axis=-1))
+  ent_seq = ent_sum / norm["samples"]
+  loss = pg_loss - entropy_coef * ent_seq
+  metrics = {
+      "pg_loss": pg_loss,
+      "entropy": ent_sum / norm["tokens"],
+      "entropy_seq": ent_seq,
+  }
+  if ref_params is not None:
+    ref_all = jax.lax.stop_gradient(log_probs(ref_params))
+    # Exact per-prefix KL. Its gradient is sum_v grad(p_v) (log p_v - log ref_v): the other
+    # term, sum_v p_v grad log p_v = grad sum_v p_v, is 0 analytically but float noise
+    # (~1e-7) that Adam would blow up to full steps when the weights are all 0, so the
+    # log-ratio is held fixed (same value, exact gradient). At pi == pi_ref the two forward
+    # passes still differ by float32 round-off (~1e-7 nats, a ~1e-9 gradient that Adam would
+    # also normalise into a real step): log-ratios below _LOG_RATIO_ATOL count as 0.
+    log_ratio = jax.lax.stop_gradient(logp_all - ref_all)
+    log_ratio = jnp.where(jnp.abs(log_ratio) < _LOG_RATIO_ATOL, 0.0, log_ratio)
+    kl_tok = jnp.sum(probs * log_ratio, axis=-1)
+    kl_seq = jnp.sum(smask * kl_tok) / norm["samples"]
+    ref_logp = jnp.take_along_axis(ref_all, flat[:, 1:, None], axis=-1)[..., 0]
+    log_r = ref_logp - logp
+    k3 = jnp.exp(log_r) - log_r - 1.0
+    metrics["kl"] = kl_seq
+    metrics["kl_k3"] = jax.lax.stop_gradient(jnp.sum(smask * k3) / norm["samples"])
+    loss = loss + kl_coef * kl_seq
+  metrics["loss"] = loss
+  return loss, metrics
+
+
+def _weight_metrics(rows: dict[str, jax.Array]) -> dict[str, jax.Array]:
+  """The batch's weight statistics and policy-sample completion tokens (no model needed)."""
+  w = rows["weights"]
+  return {
+      "weight_max": jnp.max(w),
+      "weight_min": jnp.min(w),
+      "weight_mean": jnp.mean(w),
+      "weight_abs_mean": jnp.mean(jnp.abs(w)),
+      "completion_tokens": jnp.sum(rows["completion_mask"] * rows["sample_mask"][:, None]),
+  }
+
+
+# Float32 round-off between two forward passes of the same params, in nats (see policy_loss).
+_LOG_RATIO_ATOL = 1e-5
 
 
 def policy_loss(
@@ -185,57 +254,35 @@ def policy_loss(
   Returns:
     (loss, metrics) with loss float32[].
   """
-  tokens = batch["tokens"]
-  b, n, length = tokens.shape
-  flat = tokens.reshape(b * n, length)
-  mask = batch["completion_mask"].reshape(b * n, length - 1).astype(jnp.float32)
-  w = jax.lax.stop_gradient(batch["weights"].reshape(b * n).astype(jnp.float32))
-  is_sample = batch["sample_mask"].reshape(b * n).astype(jnp.float32)
+  rows = _flat_rows(batch)
+  loss, metrics = _rows_loss(model, params, ref_params, rows, _normalisers(rows, batch["tokens"].shape[0]),
+                             kl_coef=kl_coef, entropy_coef=entropy_coef, temperature=temperature)
+  return loss, {**metrics, **_weight_metrics(rows)}
 
-  def log_probs(p):
-    logits = model.apply({"params": p}, flat).logits[:, :-1].astype(jnp.float32)
-    return jax.nn.log_softmax(logits / temperature, axis=-1)  # [R, L-1, V]
 
-  logp_all = log_probs(params)
-  logp = jnp.take_along_axis(logp_all, flat[:, 1:, None], axis=-1)[..., 0]
-  seq_logp = jnp.sum(mask * logp, axis=-1)  # [R]
-  pg_loss = -jnp.sum(w * seq_logp) / b
+def _microbatches(rows: dict[str, jax.Array], k: int, mesh: jax.sharding.Mesh | None) -> dict[str, jax.Array]:
+  """Rows [R, ...] -> C = ceil(R / k) microbatches [C, k, ...].
 
-  smask = mask * is_sample[:, None]
-  num_samples = jnp.maximum(jnp.sum(is_sample), 1.0)
-  num_tokens = jnp.maximum(jnp.sum(smask), 1.0)
-  probs = jnp.exp(logp_all)
-  ent_tok = -jnp.sum(probs * logp_all, axis=-1)  # [R, L-1]
-  ent_seq = jnp.sum(smask * ent_tok) / num_samples
-  loss = pg_loss - entropy_coef * ent_seq
-  metrics = {
-      "pg_loss": pg_loss,
-      "entropy": jnp.sum(smask * ent_tok) / num_tokens,
-      "entropy_seq": ent_seq,
-  }
-  if ref_params is not None:
-    ref_all = jax.lax.stop_gradient(log_probs(ref_params))
-    # Exact per-prefix KL. Its gradient is sum_v grad(p_v) (log p_v - log ref_v): the other
-    # term, sum_v p_v grad log p_v = grad sum_v p_v, is 0 analytically but float noise
-    # (~1e-7) that Adam would blow up to full steps when the weights are all 0, so the
-    # log-ratio is held fixed (same value, exact gradient, 0 where pi == pi_ref).
-    kl_tok = jnp.sum(probs * jax.lax.stop_gradient(logp_all - ref_all), axis=-1)
-    kl_seq = jnp.sum(smask * kl_tok) / num_samples
-    ref_logp = jnp.take_along_axis(ref_all, flat[:, 1:, None], axis=-1)[..., 0]
-    log_r = ref_logp - logp
-    k3 = jnp.exp(log_r) - log_r - 1.0
-    metrics["kl"] = kl_seq
-    metrics["kl_k3"] = jax.lax.stop_gradient(jnp.sum(smask * k3) / num_samples)
-    loss = loss + kl_coef * kl_seq
-  elif kl_coef:
-    raise ValueError("kl_coef > 0 needs ref_params (the frozen reference policy)")
-  metrics["loss"] = loss
-  metrics["weight_max"] = jnp.max(w)
-  metrics["weight_min"] = jnp.min(w)
-  metrics["weight_mean"] = jnp.mean(w)
-  metrics["weight_abs_mean"] = jnp.mean(jnp.abs(w))
-  metrics["completion_tokens"] = jnp.sum(smask)
-  return loss, metrics
+  The last is filled up with copies of the first rows at weight 0, mask 0 and
+  sample_mask 0: they add exactly 0 to every sum. Microbatch c holds rows
+  c, C + c, 2C + c, ...: rows split over the mesh's batch axes in contiguous
+  blocks give every microbatch an equal share of every device.
+  """
+  r = rows["tokens"].shape[0]
+  c = -(-r // k)
+  pad = c * k - r  # < k < R
+
+  def split(name, x):
+    if pad:
+      fill = x[:pad] if name == "tokens" else jnp.zeros((pad, *x.shape[1:]), x.dtype)
+      x = jnp.concatenate([x, fill])
+    x = jnp.swapaxes(x.reshape(k, c, *x.shape[1:]), 0, 1)
+    if mesh is not None:
+      spec = sharding.batch_spec_for(x.shape[1:], mesh)  # Each microbatch over the batch axes.
+      x = jax.lax.with_sharding_constraint(x, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, *spec)))
+    return x
+
+  return {name: split(name, x) for name, x in rows.items()}
 
 
 def make_policy_update(
@@ -246,6 +293,7 @@ def make_policy_update(
     entropy_coef: float = 0.0,
     temperature: float = 1.0,
     mesh: jax.sharding.Mesh | None = None,
+    microbatch_rows: int = 0,
 ) -> Callable[..., tuple[train.TrainState, dict[str, jax.Array]]]:
   """Jitted ``(state, ref_params, batch) -> (state, metrics)``, one optimizer step.
 
@@ -258,13 +306,51 @@ def make_policy_update(
   tensor parallel), the batch [B, n, ...] over `sharding.BATCH_AXES` on the
   prompts (else on the samples: the loss needs no group statistics, the
   weights come precomputed from `rl_step`), metrics replicated.
+
+  ``microbatch_rows = k > 0`` accumulates the gradient over microbatches of k
+  of the B * n rows (a `jax.lax.scan`, float32 sums, one optimizer update):
+  the same loss, gradient and metrics as one pass (normalisers from the whole
+  batch), with the full-vocabulary log-softmax, probs and reference
+  log-probs of k rows live at a time instead of all. k that does not divide
+  the rows is fine (the last microbatch is padded); on a mesh, a k that is a
+  multiple of the batch shards and divides the rows avoids resharding.
+
+  Example::
+
+    update = make_policy_update(model, optimizer, kl_coef=0.05, microbatch_rows=16)
+    state, metrics = update(state, ref_params, batch)
   """
-  loss_fn = functools.partial(
-      policy_loss, model, kl_coef=kl_coef, entropy_coef=entropy_coef, temperature=temperature)
+  if isinstance(microbatch_rows, bool) or not isinstance(microbatch_rows, int) or microbatch_rows < 0:
+    raise ValueError(f"microbatch_rows must be an integer >= 0 (0 = one pass), got {microbatch_rows!r}")
+  rows_loss = functools.partial(
+      _rows_loss, model, kl_coef=kl_coef, entropy_coef=entropy_coef, temperature=temperature)
 
   def step(state: train.TrainState, ref_params, batch):
-    grad_fn = jax.value_and_grad(lambda p: loss_fn(p, ref_params, batch), has_aux=True)
-    (_, metrics), grads = grad_fn(state.params)
+    rows = _flat_rows(batch)
+    norm = _normalisers(rows, batch["tokens"].shape[0])
+    grad_fn = jax.value_and_grad(lambda p, r: rows_loss(p, ref_params, r, norm), has_aux=True)
+    if not microbatch_rows or microbatch_rows >= rows["tokens"].shape[0]:
+      (_, metrics), grads = grad_fn(state.params, rows)
+    else:
+      chunks = _microbatches(rows, microbatch_rows, mesh)
+
+      def accumulate(carry, chunk):
+        acc, sums = carry
+        (_, m), g = grad_fn(state.params, chunk)
+        acc = jax.tree.map(lambda a, x: a + x.astype(jnp.float32), acc, g)
+        return (acc, jax.tree.map(jnp.add, sums, m)), None
+
+      acc = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
+      if mesh is not None:  # The accumulator laid out like the params (and their gradients).
+        acc = jax.lax.with_sharding_constraint(
+            acc, sharding.named(mesh, sharding.param_specs(state.params, mesh)))
+      first = jax.tree.map(lambda x: x[0], chunks)
+      shapes = jax.eval_shape(lambda p, r: grad_fn(p, r)[0][1], state.params, first)
+      sums = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+      (acc, metrics), _ = jax.lax.scan(accumulate, (acc, sums), chunks)
+      # The dtypes one pass's gradient has (the params'), as the optimizer state expects.
+      grads = jax.tree.map(lambda a, p: a.astype(p.dtype), acc, state.params)
+    metrics = {**metrics, **_weight_metrics(rows)}
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics["grad_norm"] = optax.tree.norm(grads)
@@ -431,15 +517,17 @@ def _sharded_prompts(tokenizer: Any, texts: Sequence[str], prompt_len: int | Non
 
 
 @functools.lru_cache(maxsize=4)
-def _optimizer_and_update(model, opt_items, kl_coef, entropy_coef, temperature, mesh=None):
-  """One compiled update per (model, optimizer settings, coefficients) per process.
+def _optimizer_and_update(model, opt_items, kl_coef, entropy_coef, temperature, mesh=None, model_opt=(),
+                          microbatch_rows=0):
+  """One compiled update per (model, optimizer settings, coefficients, microbatch) per process.
 
   Relaunching `train_rl` in the same process (resume, sweeps, tests) then
   reuses the compiled program instead of tracing a new closure.
   """
-  optimizer = train.make_optimizer(ml_collections.ConfigDict(dict(opt_items)))
+  optimizer = train.policy_optimizer(ml_collections.ConfigDict(dict(opt_items)),
+                                     ml_collections.ConfigDict(dict(model_opt)))
   update = make_policy_update(model, optimizer, kl_coef=kl_coef, entropy_coef=entropy_coef,
-                              temperature=temperature, mesh=mesh)
+                              temperature=temperature, mesh=mesh, microbatch_rows=microbatch_rows)
   return optimizer, update
 
 
@@ -473,7 +561,8 @@ def train_rl(
   Reuses train.py's TrainState, optimizer, Orbax checkpoint manager (every
   ``rl.checkpoint_every`` steps, in ``workdir/checkpoints``) and metric
   writers (``metrics.jsonl`` + TensorBoard). Prompts and sampling keys are
-  pure functions of (config.seed, step), so a resumed run equals an
+  pure functions of (seed, step) (``rl.seed``, default ``config.seed``; set it
+  to repeat a stage from one SFT policy with other seeds), so a resumed run equals an
   uninterrupted one.
 
   Args:
@@ -484,32 +573,32 @@ def train_rl(
       is also the frozen reference for KL. None: `train.initial_params`.
       Pass the same params when resuming.
     problems: training problems (default: the task's train split).
-    task: task module (default: countdown).
+    task: task object (default: `train.make_task(config)`, e.g. countdown).
     reward_fn: environment reward (default: the task's grader).
     verifier: BoN selector (default: from ``config.rl.verifier``).
 
   Returns:
     The final state and the metrics logged by this launch.
   """
-  from bon_jax.tasks import countdown  # pylint: disable=g-import-not-at-top
-
   rl = config.rl
   validate_rl_config(rl)
-  config_lib.prepare_workdir(config, workdir)
-  task = task or countdown
+  # The starting point (the SFT run) and the rl settings are part of what a checkpoint is.
+  config_lib.prepare_workdir(config, workdir, config_lib.IDENTITY_FIELDS + ("train", "rl"))
+  task = task or train.make_task(config)
   tok = train.load_tokenizer(config)
   if problems is None:
-    problems, _ = countdown.make_splits(
-        seed=config.task.seed, num_train=config.task.num_train, num_test=config.task.num_test)
-  model = models.make_model(preset=config.model.preset, vocab_size=tok.vocab_size,
-                            dtype=jnp.dtype(config.model.dtype))
+    problems, _ = train.make_task_splits(config.task)
+  model = train.make_policy(config, tok)
   ref_params = init_params if init_params is not None else train.initial_params(config, model)
   # The state is donated at every update: give it its own buffers.
   params = jax.tree.map(jnp.array, ref_params)
   opt_items = tuple(sorted(_optimizer_config(rl).items()))
   mesh = sharding.mesh_for_run(config)  # None on one device.
   optimizer, update_fn = _optimizer_and_update(
-      model, opt_items, float(rl.kl_coef), float(rl.entropy_coef), float(rl.temperature), mesh)
+      model, opt_items, float(rl.kl_coef), float(rl.entropy_coef), float(rl.temperature), mesh,
+      (("lora_rank", int(config.model.get("lora_rank", 0))),
+       ("opt_state_dtype", str(config.model.get("opt_state_dtype", "")))),
+      int(rl.get("microbatch_rows", 0)))
   state = train.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
   if mesh is None:
     # Committed like restored arrays, so a resumed run reuses the compiled programs.
@@ -524,23 +613,30 @@ def train_rl(
   start = int(state.step)
 
   if verifier is None and rl.verifier == "learned":
+    if not rl.verifier_ckpt:
+      raise config_lib.UserError(
+          "config.rl.verifier='learned' needs config.rl.verifier_ckpt (a verifier.save_verifier"
+          " directory) or config.verifier.steps > 0 (train one in the pipeline)")
     try:
-      vparams = verifier_lib.load_verifier(rl.verifier_ckpt, model)
+      vparams = verifier_lib.load_verifier(rl.verifier_ckpt, models.base_model(model))
     except FileNotFoundError as e:
       raise config_lib.UserError(str(e)) from None
-    verifier = verifier_lib.learned_verifier(model, vparams, tokenizer=tok, task=task)
+    verifier = verifier_lib.learned_verifier(models.base_model(model), vparams, tokenizer=tok, task=task)
   prompt_len = int(input_pipeline.encode_prompts(tok, [task.prompt_text(p) for p in problems]).shape[1])
   jsonl = train.JsonlWriter(os.path.join(workdir, "metrics.jsonl"))
   from clu import metric_writers  # pylint: disable=g-import-not-at-top  (imports TensorFlow)
 
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  seed = config.seed if rl.get("seed") is None else int(rl.seed)
   history = []
+  bar = tqdm.tqdm(total=rl.steps, initial=start, desc=rl.algorithm, unit="step", dynamic_ncols=True,
+                  disable=jax.process_index() > 0)
   try:
     for step in range(start, rl.steps):
-      chosen, expert_rng = step_problems(problems, seed=config.seed, step=step, num=rl.prompts_per_step)
+      chosen, expert_rng = step_problems(problems, seed=seed, step=step, num=rl.prompts_per_step)
       state, metrics = rl_step(
           state, ref_params, chosen, model=model, update_fn=update_fn, tokenizer=tok, task=task, cfg=rl,
-          rng=step_key(config.seed, step), reward_fn=reward_fn, verifier=verifier,
+          rng=step_key(seed, step), reward_fn=reward_fn, verifier=verifier,
           prompt_len=prompt_len, expert_rng=expert_rng, mesh=mesh)
       done = step + 1
       mngr.save(done, args=ocp.args.StandardSave(state))
@@ -550,6 +646,9 @@ def train_rl(
         history.append({"step": done, **metrics})
         logging.info("rl step %d: loss %.4f reward %.3f pass@1 %.3f kl %.4f", done, metrics["loss"],
                      metrics["reward_mean"], metrics["pass@1"], metrics.get("kl", 0.0))
+        bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", kl=f"{metrics.get('kl', 0.0):.3f}",
+                        step_s=f"{metrics['step_s']:.2f}")
+      bar.update(1)
     if start < rl.steps and mngr.latest_step() != rl.steps:
       mngr.save(rl.steps, args=ocp.args.StandardSave(state), force=True)
   finally:
@@ -558,4 +657,5 @@ def train_rl(
     writer.flush()
     jsonl.close()
     mngr.close()
+    bar.close()
   return state, history

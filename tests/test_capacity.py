@@ -73,9 +73,12 @@ def test_gemma2_2b_plan_matches_the_gemma_library_and_fsdp_arithmetic(plans):
       total = c.num_layers * 2 * c.num_kv_heads * c.head_dim * 2 * (b * prompt + b * n * (t - 1))
       assert s["kv_total"] == total
       assert s["kv_per_device"] == total // fsdp  # B = 16 prompts split 8 ways.
-    rows = p["per_device_bytes"]["update_logits_f32"] // (4 * c.num_embed)
+    # The update holds one microbatch's rows, split fsdp ways, and float32 gradient sums.
     rl = _config(name).rl
-    assert rows == rl.prompts_per_step * rl.N_prime // fsdp * (prompt + rl.max_new_tokens - 1)
+    assert 0 < rl.microbatch_rows < rl.prompts_per_step * rl.N_prime and rl.microbatch_rows % fsdp == 0
+    rows = p["per_device_bytes"]["update_logits_f32"] // (4 * c.num_embed)
+    assert rows == rl.microbatch_rows // fsdp * (prompt + rl.max_new_tokens - 1)
+    assert per_device["gradient_accumulator_f32"] == 4 * (matrices // fsdp + vectors)
   assert plans["math_bon32"]["verifier_num_params"] == matrices + vectors + c.embed_dim + 1
   assert plans["math_pass32"]["verifier_num_params"] == 0
 
@@ -117,3 +120,20 @@ def test_dry_run_cli_prints_the_plan_without_weights_or_workdir():
   assert "mesh (data=1, fsdp=8, tensor=1): 8 devices" in proc.stdout
   assert f"({2 * (matrices // 8 + vectors):,} bytes)" in proc.stdout
   assert "tokens int32[16, 16, 512]" in proc.stdout
+
+
+def test_microbatched_update_brings_full_size_configs_under_16_gib_per_device(plans):
+  c = gm.nn.Gemma2_2B.config
+  for name in FULL_SIZE:
+    config = _config(name)
+    rl = config.rl
+    length = config.task.max_prompt_tokens + rl.max_new_tokens - 1
+    config.rl.microbatch_rows = 0  # All rows in one pass: every device's rows at once.
+    one_pass = capacity.plan(config)
+    fsdp = one_pass["mesh_shape"][1]
+    assert one_pass["per_device_bytes"]["update_logits_f32"] == (
+        rl.prompts_per_step * rl.N_prime // fsdp * length * c.num_embed * 4)
+    assert "gradient_accumulator_f32" not in one_pass["per_device_bytes"]
+    assert max(one_pass["phases"].values()) > 30 * capacity.GIB, name
+    # As configured: every phase fits a 16 GB TPU v5e chip.
+    assert max(plans[name]["phases"].values()) < 15 * capacity.GIB, name

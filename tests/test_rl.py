@@ -98,6 +98,16 @@ def test_kl_is_zero_at_the_reference_and_positive_after_an_update(setup):
   assert float(rl.policy_loss(model, back, params, batch)[1]["kl"]) < float(moved["kl"])
 
 
+def test_kl_gradient_is_exactly_zero_at_the_reference_so_adam_cannot_amplify_noise(setup):
+  # With all weights 0 (e.g. every group all-correct) and pi == pi_ref, the only gradient
+  # is the KL's: analytically 0, and it must be exactly 0 in float32 too, because Adam
+  # normalises any float noise (~1e-9) up to a full-size step.
+  model, params = setup[2], setup[3]
+  batch = dict(_batch(model.config.num_embed, seed=4), weights=jnp.zeros((2, 3), jnp.float32))
+  grads = jax.grad(lambda p: rl.policy_loss(model, p, params, batch, kl_coef=1.0)[0])(params)
+  assert max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(grads)) == 0.0
+
+
 def test_entropy_bonus_raises_and_its_negative_lowers_entropy(setup):
   model, params = setup[2], setup[3]
   batch = dict(_batch(model.config.num_embed, seed=2), weights=jnp.zeros((2, 3), jnp.float32))
@@ -119,7 +129,7 @@ def test_entropy_bonus_raises_and_its_negative_lowers_entropy(setup):
 def _rl_cfg(**kw):
   cfg = rl.default_rl_config()
   cfg.N_prime, cfg.N, cfg.prompts_per_step, cfg.max_new_tokens = 4, 2, 2, 24
-  cfg.learning_rate, cfg.weight_decay = 1e-2, 0.0
+  cfg.learning_rate, cfg.weight_decay, cfg.log_every = 1e-2, 0.0, 1
   cfg.update(kw)
   return cfg
 
@@ -265,7 +275,7 @@ def test_resumed_run_matches_uninterrupted_run(tmp_path, setup):
         ("N", 3, "N_prime=4 must be a multiple of config.rl.N=3"),
         ("N_prime", 0, "N_prime must be an integer >= 1"),
         ("temperature", 0.0, "temperature must be > 0"),
-        ("verifier", "learned", "needs config.rl.verifier_ckpt"),
+        ("verifier", "oracle", "must be 'grader' or 'learned'"),
     ],
 )
 def test_bad_rl_config_is_a_one_line_user_error(field, value, match):
@@ -274,3 +284,46 @@ def test_bad_rl_config_is_a_one_line_user_error(field, value, match):
   with pytest.raises(config_lib.UserError, match=match) as e:
     rl.validate_rl_config(cfg)
   assert "\n" not in str(e.value)
+
+
+# ----------------------------------------------------------------------------
+# Gradient accumulation over microbatches of rows.
+
+
+def _one_sgd_update(model, params, ref, batch, microbatch_rows):
+  """New params and metrics of one SGD(lr=1) update: params - grad, so params compare gradients."""
+  opt = optax.sgd(1.0)
+  update = rl.make_policy_update(model, opt, kl_coef=0.3, entropy_coef=0.1, microbatch_rows=microbatch_rows)
+  state, metrics = update(_state(params, opt), ref, batch)
+  return state.params, {k: float(v) for k, v in metrics.items()}
+
+
+def test_microbatched_update_equals_the_one_pass_update(setup):
+  model, params = setup[2], setup[3]
+  b, n = 4, 5  # 20 rows: microbatches of 4 divide them, of 7 leave a padded last microbatch.
+  batch = _batch(model.config.num_embed, seed=7, b=b, n=n, p=6, t=8)
+  rng = np.random.default_rng(7)
+  # Positive weights: padding rows (weight 0) leaking into weight_min would show.
+  batch["weights"] = jnp.asarray(rng.uniform(0.2, 2.0, (b, n)), jnp.float32)
+  batch["sample_mask"] = batch["sample_mask"].at[:, 0].set(0.0)  # Column 0: expert rows (no KL / entropy).
+  ref = jax.tree.map(lambda x: x + 0.02 * jnp.sign(x), params)  # A reference away from the policy: KL > 0.
+  want_params, want = _one_sgd_update(model, params, ref, batch, 0)
+  assert want["kl"] > 1e-3 and want["entropy"] > 0.0
+  for k in (4, 7):
+    got_params, got = _one_sgd_update(model, params, ref, batch, k)
+    _tree_allclose(got_params, want_params, rtol=1e-5, atol=1e-6)  # float32 sums in another order.
+    assert got.keys() == want.keys()
+    for key in want:
+      assert got[key] == pytest.approx(want[key], rel=1e-5, abs=1e-6), (k, key)
+    for key in ("weight_max", "weight_min", "weight_mean", "weight_abs_mean", "completion_tokens"):
+      assert got[key] == want[key], (k, key)
+
+
+def test_bad_microbatch_rows_is_a_one_line_error(setup):
+  with pytest.raises(ValueError, match="microbatch_rows must be an integer >= 0") as e:
+    rl.make_policy_update(setup[2], optax.sgd(1.0), microbatch_rows=-2)
+  assert "\n" not in str(e.value)
+  for value in (-1, None):  # ConfigDict itself refuses other types.
+    with pytest.raises(config_lib.UserError, match="config.rl.microbatch_rows must be an integer >= 0") as e:
+      rl.validate_rl_config(_rl_cfg(microbatch_rows=value))
+    assert "\n" not in str(e.value)
