@@ -235,7 +235,8 @@ def plan(config: ml_collections.ConfigDict, *, num_devices: int | None = None) -
       row_shards = n_batch
     per_device["update_logits_f32"] = -(-rows // row_shards) * length * vocab * 4
     notes.append(f"update_logits_f32: one float32 [rows={rows}, {length}, V={vocab}] array of"
-                 " the update (rl.policy_loss keeps several: log-probs, probs, the reference's)")
+                 " the update (rl.policy_loss keeps several: log-probs, probs, the reference's;"
+                 " ~5-7 live at the peak on XLA:CPU, bench/microbatch_bench.py)")
   resident = sum(per_device.get(k, 0) for k in
                  ("params", "optimizer_state", "reference_params", "verifier_params"))
   phases = {"resident (params, optimizer, reference, verifier)": resident}

@@ -91,10 +91,11 @@ def get_config():
   config.rl.grad_clip_norm = 1.0
   config.rl.kl_coef = 0.0  # Not reported; 0 keeps no reference copy of the policy.
   config.rl.entropy_coef = 0.0
-  # Gradient accumulation over 8 of the 512 rows at a time (1 per device): a
-  # row's float32 [P + T - 1 = 1535, V = 256128] log-softmax is 1.5 GiB, so all
-  # 64 rows of a device at once would need ~94 GiB per array (--dry_run).
-  # 8 fits 16 GB TPU v5e chips; on 80 GB H100s 32 also fits (fewer steps).
+  # Gradient accumulation over 8 of the 512 rows at a time (1 per device of the
+  # 8-way mesh, the least): one row's float32 [1535, 256128] log-softmax is
+  # 1.5 GiB, and the update holds a few such arrays at once (~5-7 on XLA:CPU,
+  # bench/microbatch_bench.py): tight on 16 GB TPU v5e chips. On 80 GB H100s
+  # 32 fits too (fewer, larger microbatches). See --dry_run.
   config.rl.microbatch_rows = 8
   config.rl.log_every = 1
   config.rl.checkpoint_every = 25
