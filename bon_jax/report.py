@@ -68,13 +68,29 @@ def load_workdir(workdir: str) -> dict[str, dict[float, dict[str, Any]]]:
   return runs
 
 
-def metric_columns(res: dict[str, Any]) -> list[tuple[str, str, int]]:
-  """(label, curve, index into ks) of the reported metrics."""
+def metric_columns(res: dict[str, Any], target: int | None = None) -> list[tuple[str, str, int]]:
+  """(label, curve, index into ks) of the reported metrics.
+
+  pass@1, then pass@k and Bo-k at the fine-tuning target k = `target`
+  (``rl.N``) when it is one of the evaluated ks, and at k = n, then maj@n.
+  """
   ks, n = res["ks"], res["num_samples"]
   bo = "bo@k_verifier" if "bo@k_verifier" in res["per_prompt"] else "bo@k"
-  return [("pass@1", "pass@k", ks.index(1)), (f"pass@{n}", "pass@k", ks.index(n)),
-          (f"Bo-{n}" + (" (verifier)" if bo == "bo@k_verifier" else " (grader)"), bo, ks.index(n)),
-          (f"maj@{n}", "maj@k", ks.index(n))]
+  tag = " (verifier)" if bo == "bo@k_verifier" else " (grader)"
+  kk = [k for k in dict.fromkeys((target, n)) if k in ks and k != 1]
+  return ([("pass@1", "pass@k", ks.index(1))] + [(f"pass@{k}", "pass@k", ks.index(k)) for k in kk]
+          + [(f"Bo-{k}{tag}", bo, ks.index(k)) for k in kk] + [(f"maj@{n}", "maj@k", ks.index(n))])
+
+
+def _target(workdir: str) -> int | None:
+  """The fine-tuning target N (rl.N of the stages' config.json), if recorded."""
+  for path in sorted(glob.glob(os.path.join(workdir, "rl", "*", "config.json"))):
+    try:
+      with open(path) as f:
+        return int(json.load(f)["rl"]["N"])
+    except (OSError, KeyError, TypeError, ValueError):
+      continue
+  return None
 
 
 def paired(values: np.ndarray, base: np.ndarray) -> dict[str, float]:
@@ -109,7 +125,7 @@ def build(workdirs: Sequence[str]) -> str:
       for p in policies:
         if t in r[p] and r[p][t]["prompt_ids"] != ids:
           raise ValueError(f"policy {p!r} at T={t} was evaluated on other prompts; cannot pair")
-    cols = metric_columns(base0)
+    cols = metric_columns(base0, _target(workdirs[0]))
     lines += [f"### T = {t:g}: {len(ids)} held-out prompts, n = {base0['num_samples']} samples each", "",
               "Mean over seeds (per-seed means in brackets); Δ = paired difference to the seed's own"
               f" `{BASE}` policy, ± 95% interval over prompts (seeds: t-interval over seeds); * = both exclude 0.",
@@ -134,7 +150,7 @@ def build(workdirs: Sequence[str]) -> str:
     levels = np.asarray(base0["levels"])
     groups = [(lab, (sols >= lo) & (sols <= hi)) for lo, hi, lab in DIFFICULTY if sols.max() > 0]
     groups += [(f"level {l}", levels == l) for l in sorted(set(levels.tolist()))]
-    for label in (cols[1][0], cols[2][0]):
+    for label in [c[0] for c in cols if c[0].startswith(("pass@", "Bo-")) and c[0] != "pass@1"]:
       lines += [f"Δ{label} by difficulty (T = {t:g}; prompts per group in the header):", "",
                 "| policy | " + " | ".join(f"{g} ({int(m.sum())})" for g, m in groups) + " |",
                 "|---|" + "---|" * len(groups)]
