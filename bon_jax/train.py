@@ -436,11 +436,22 @@ def write_comparison(results: dict[str, dict[str, Any]], workdir: str, *, temper
     lines.append(f"| {name} | " + " | ".join(cells) + " |")
   table = "\n".join(lines)
 
+  payload = {"temperature": temperature, "table": table,
+             "results": {k: {m: v["overall"][m] for m in evaluate.curve_names(v)} | {"ks": ks}
+                         for k, v in results.items()}}
+  name = "compare"
+  path = os.path.join(workdir, name + ".json")
+  if os.path.exists(path):
+    with open(path) as f:
+      if json.load(f) == json.loads(json.dumps(payload)):
+        print("\n" + table + f"\n\n(already in {os.path.join(workdir, name)}.{{md,json,png}})")
+        return table
+    name = f"compare_{int(time.time())}"  # Never overwrite an earlier comparison.
   fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
   for ax, curve in zip(axes, ("pass@k", bo)):
-    for name, res in results.items():
+    for policy, res in results.items():
       mean = 100 * np.asarray(res["overall"][curve])
-      ax.plot(ks, mean, marker="o", label=name, linestyle="--" if name == BASE else "-")
+      ax.plot(ks, mean, marker="o", label=policy, linestyle="--" if policy == BASE else "-")
     ax.set_xscale("log", base=2)
     ax.set_xticks(ks, [str(k) for k in ks])
     ax.set_xlabel("k (samples)")
@@ -450,18 +461,6 @@ def write_comparison(results: dict[str, dict[str, Any]], workdir: str, *, temper
   axes[1].legend(fontsize=8)
   fig.tight_layout()
 
-  payload = {"temperature": temperature, "table": table,
-             "results": {k: {m: v["overall"][m] for m in evaluate.curve_names(v)} | {"ks": ks}
-                         for k, v in results.items()}}
-  name = "compare"
-  path = os.path.join(workdir, name + ".json")
-  if os.path.exists(path):
-    with open(path) as f:
-      if json.load(f) == json.loads(json.dumps(payload)):
-        plt.close(fig)
-        print("\n" + table + f"\n\n(already in {os.path.join(workdir, name)}.{{md,json,png}})")
-        return table
-    name = f"compare_{int(time.time())}"  # Never overwrite an earlier comparison.
   with open(os.path.join(workdir, name + ".json"), "w") as f:
     json.dump(payload, f, indent=1)
   with open(os.path.join(workdir, name + ".md"), "w") as f:

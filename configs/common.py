@@ -94,6 +94,27 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+def gemma2_2b_policy(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The paper configs' policy: Gemma 2 2B from a local checkpoint, no SFT stage.
+
+  bf16 weights (as released) with float32 Adam moments (the moments of small
+  updates underflow in bf16); full fine-tuning (`model.lora_rank=16` trains
+  LoRA adapters only); FSDP over one 8-chip host ((-1, 8, 1) for several);
+  `train.steps=0` fine-tunes the released checkpoint directly. Tokenizer and
+  checkpoint paths are required (the run names them when missing).
+  """
+  config.tokenizer.kind = "sentencepiece"
+  config.tokenizer.path = ""  # Gemma 2's tokenizer.model (required).
+  config.model.preset = "gemma2_2b"
+  config.model.ckpt_path = ""  # Orbax checkpoint (required).
+  config.model.dtype = "bfloat16"
+  config.model.opt_state_dtype = "float32"
+  config.model.lora_rank = 0
+  config.mesh.shape = (1, 8, 1)
+  config.train.steps = 0
+  return config
+
+
 def rl_config() -> ml_collections.ConfigDict:
   """``config.rl``: one BoN-aware fine-tuning stage (bon_jax/rl.py)."""
   c = ml_collections.ConfigDict()

@@ -39,24 +39,10 @@ def get_config():
   config.task.num_train = 7500  # MATH's split sizes.
   config.task.num_test = 5000
 
-  # --- Tokenizer and policy: Gemma 2 2B (paper: "Gemma 2B", most likely Gemma 2).
-  config.tokenizer.kind = "sentencepiece"
-  config.tokenizer.path = ""  # Gemma 2's tokenizer.model (required).
-  config.model.preset = "gemma2_2b"
-  config.model.ckpt_path = ""  # Orbax checkpoint (required).
-  # bf16 weights (as released) with float32 Adam moments: the moments of
-  # small updates underflow in bf16.
-  config.model.dtype = "bfloat16"
-  config.model.opt_state_dtype = "float32"
-  config.model.lora_rank = 0  # Full fine-tuning; e.g. 16 trains LoRA adapters only.
-
-  # --- Devices: FSDP over one 8-chip host (policy, verifier, Adam state and
-  # the batch split 8 ways). Use (-1, 8, 1) for several hosts.
-  config.mesh.shape = (1, 8, 1)
-
-  # --- No SFT stage: fine-tune the released checkpoint directly (the paper's
-  # "base" numbers are the checkpoint's).
-  config.train.steps = 0
+  # --- Policy: Gemma 2 2B (paper: "Gemma 2B", most likely Gemma 2), bf16
+  # weights + float32 Adam moments, FSDP over one 8-chip host, no SFT stage
+  # (the paper's "base" numbers are the checkpoint's): common.gemma2_2b_policy.
+  common.gemma2_2b_policy(config)
 
   # --- The learned verifier (paper: a learned verifier picks the Bo32
   # answer). Trained first on the base policy's graded samples of training

@@ -34,17 +34,9 @@ def get_config():
   config.task.num_train = 7500
   config.task.num_test = 5000
 
-  # --- Gemma 2 2B, bf16 weights, float32 Adam moments, full fine-tuning.
-  config.tokenizer.kind = "sentencepiece"
-  config.tokenizer.path = ""  # Gemma 2's tokenizer.model (required).
-  config.model.preset = "gemma2_2b"
-  config.model.ckpt_path = ""  # Orbax checkpoint (required).
-  config.model.dtype = "bfloat16"
-  config.model.opt_state_dtype = "float32"
-  config.model.lora_rank = 0
-
-  config.mesh.shape = (1, 8, 1)  # FSDP over one 8-chip host.
-  config.train.steps = 0  # Start from the released checkpoint.
+  # --- Gemma 2 2B, bf16 weights, float32 Adam moments, full fine-tuning, FSDP
+  # over one 8-chip host, from the released checkpoint.
+  common.gemma2_2b_policy(config)
   config.verifier.steps = 0  # The grader selects: no learned verifier.
 
   # --- BoN-RL-S (paper: N' = 32, pass@32).
