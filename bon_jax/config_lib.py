@@ -17,6 +17,9 @@ from bon_jax import models
 # Fields that fix what a checkpoint in the workdir is: a run that differs in any
 # of them cannot resume from it.
 IDENTITY_FIELDS = ("task", "tokenizer", "model", "seed")
+# Settings inside identity fields that change speed or memory, not results:
+# a run may resume with others (e.g. on a smaller device after preemption).
+NOT_IDENTITY = {"rl": ("microbatch_rows",)}
 CONFIG_FILE = "config.json"
 # config.task.name values (bon_jax/tasks/registry.py).
 TASKS = ("countdown", "hendrycks_math", "humaneval")
@@ -118,6 +121,9 @@ def _validate_pipeline(config: ml_collections.ConfigDict) -> None:
   _require(train.BASE not in algorithms,
            f"config.algorithms: {train.BASE!r} names the SFT starting policy; call the stage otherwise")
   _positive_int(config, "verifier.steps", minimum=0)
+  rank_weight = config.verifier.get("rank_weight", 0.0)
+  _require(isinstance(rank_weight, (int, float)) and rank_weight >= 0,
+           f"config.verifier.rank_weight must be a number >= 0, got {rank_weight!r}")
   for t in config.eval.get("extra_temperatures", ()):
     _require(isinstance(t, (int, float)) and t > 0,
              f"config.eval.extra_temperatures must hold temperatures > 0, got {t!r}")
@@ -132,9 +138,15 @@ def _validate_pipeline(config: ml_collections.ConfigDict) -> None:
              " config.verifier.steps > 0 (train one) or config.rl.verifier_ckpt")
 
 
-def identity(config: ml_collections.ConfigDict, fields: tuple[str, ...] = IDENTITY_FIELDS) -> dict[str, Any]:
-  full = config.to_dict()
-  return {k: full.get(k) for k in fields}
+def identity(config: ml_collections.ConfigDict | dict[str, Any],
+             fields: tuple[str, ...] = IDENTITY_FIELDS) -> dict[str, Any]:
+  """The `fields` of a config (or a saved config dict) that a resumed run must share."""
+  full = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else config
+  out = {k: full.get(k) for k in fields}
+  for k, skip in NOT_IDENTITY.items():
+    if isinstance(out.get(k), dict):
+      out[k] = {key: v for key, v in out[k].items() if key not in skip}
+  return out
 
 
 def prepare_workdir(
@@ -160,7 +172,7 @@ def prepare_workdir(
     except (OSError, json.JSONDecodeError) as e:
       raise UserError(f"{path} is unreadable ({e}); use a new --workdir") from None
     mine = json.loads(json.dumps(identity(config, fields)))
-    theirs = {k: saved.get(k) for k in fields}
+    theirs = identity(saved, fields)
     if mine != theirs:
       diffs = sorted(_diff(theirs, mine))
       raise UserError(

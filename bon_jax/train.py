@@ -371,6 +371,10 @@ def _verifier_stage(config, workdir, model, base_params, tok, train_set, test_se
   if os.path.exists(report_path):
     with open(report_path) as f:
       saved = json.load(f)
+    if "verifier" in saved.get("config", {}):
+      # Fields added to config.verifier after the stage ran count at their defaults.
+      defaults = json.loads(json.dumps(verifier_lib.default_verifier_config().to_dict()))
+      saved["config"]["verifier"] = {**defaults, **saved["config"]["verifier"]}
     if saved.get("config") != want:
       raise config_lib.UserError(
           f"{out_dir} holds a verifier trained with another config.verifier or SFT length;"
@@ -388,7 +392,7 @@ def _verifier_stage(config, workdir, model, base_params, tok, train_set, test_se
   with open(report_path, "w") as f:
     json.dump({"config": want, "report": report}, f, indent=1)
   ks = report["ks"]
-  print(f"Verifier: held-out AUC {report['auc']:.3f}; Bo-k "
+  print(f"Verifier: held-out AUC {report['auc']:.3f} (within prompts {report['within_prompt_auc']:.3f}); Bo-k "
         + ", ".join(f"k={k}: {100 * v:.1f}%" for k, v in zip(ks, report["bo@k"]))
         + " (pass@k " + ", ".join(f"{100 * v:.1f}%" for v in report["pass@k"]) + ")")
   return vparams

@@ -177,6 +177,31 @@ def bce_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
   return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, jnp.asarray(labels, jnp.float32)))
 
 
+def pairwise_ranking_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """Within-prompt Bradley-Terry loss: mean of softplus(s_wrong - s_right) over pairs.
+
+  BCE alone can be minimised by scoring how easy a prompt is; Best-of-N only
+  uses the order of scores *within* a prompt, which this term trains directly
+  (the reward-model loss of RLHF, applied to grader-labelled pairs).
+
+  Args:
+    logits: float[G, N] scores of N samples for each of G prompts.
+    labels: 0/1 [G, N].
+
+  Returns:
+    float32[]: the mean over all (correct, wrong) pairs of the same prompt;
+    0 when no prompt has both.
+
+  Example: ``pairwise_ranking_loss([[2., 0.]], [[1, 0]]) == softplus(-2.)``.
+  """
+  logits = jnp.asarray(logits, jnp.float32)
+  pos = jnp.asarray(labels, jnp.float32) > 0.5
+  pair = pos[..., :, None] & ~pos[..., None, :]  # [G, N, N]: i right, j wrong.
+  margin = logits[..., :, None] - logits[..., None, :]
+  total = jnp.sum(jnp.where(pair, jax.nn.softplus(-margin), 0.0))
+  return total / jnp.maximum(jnp.sum(pair), 1)
+
+
 @flax.struct.dataclass
 class VerifierState:
   step: jax.Array
@@ -184,18 +209,22 @@ class VerifierState:
   opt_state: Any
 
 
-def make_verifier_step(model: Any, optimizer: optax.GradientTransformation):
+def make_verifier_step(model: Any, optimizer: optax.GradientTransformation, *, rank_weight: float = 0.0):
   """Jitted ``(state, batch) -> (state, metrics)``.
 
-  ``batch``: ``tokens`` int32[B, L], ``labels`` float32[B] (0/1). Metrics:
-  loss, accuracy (at logit 0), grad_norm.
+  ``batch``: ``tokens`` int32[G, N, L] (N samples of each of G prompts),
+  ``labels`` float32[G, N] (0/1). Loss: BCE over all G * N sequences plus
+  ``rank_weight`` x `pairwise_ranking_loss` within each prompt. Metrics: loss,
+  bce, rank, accuracy (at logit 0), grad_norm.
   """
 
   def loss_fn(params, batch):
     logits = score(model, params, batch["tokens"])
-    loss = bce_loss(logits, batch["labels"])
+    bce = bce_loss(logits, batch["labels"])
+    rank = pairwise_ranking_loss(logits, batch["labels"])
     acc = jnp.mean((logits > 0) == (batch["labels"] > 0.5))
-    return loss, {"loss": loss, "accuracy": acc}
+    loss = bce + rank_weight * rank
+    return loss, {"loss": loss, "bce": bce, "rank": rank, "accuracy": acc}
 
   def step(state: VerifierState, batch):
     (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
@@ -217,35 +246,46 @@ def train_verifier(
     learning_rate: float = 1e-4,
     weight_decay: float = 0.0,
     warmup_steps: int = 0,
+    rank_weight: float = 0.0,
     seed: int = 0,
 ) -> tuple[Params, list[dict[str, float]]]:
-  """BCE training on (sequence, label) pairs; minibatches are a function of (seed, step).
+  """BCE (+ within-prompt ranking) training; minibatches are a function of (seed, step).
 
   Args:
     model: the backbone `Transformer`.
     params: `init_verifier` params to start from.
-    tokens: int32[M, L] sequences (`join_prompt_completion` layout).
-    labels: 0/1 [M] grader labels.
+    tokens: int32[M, L] sequences (`join_prompt_completion` layout), drawn
+      independently; or int32[G, N, L], N samples per prompt, drawn as whole
+      groups (batch_size // N prompts per step) so that the ranking term sees
+      pairs of the same prompt.
+    labels: 0/1 [M] or [G, N] grader labels.
     steps, batch_size, learning_rate, weight_decay, warmup_steps: AdamW with
       warm-up and cosine decay after global-norm clipping at 1.
+    rank_weight: weight of `pairwise_ranking_loss` (needs grouped data).
     seed: minibatch order.
 
   Returns:
-    The trained params and per-step metrics (loss, accuracy, grad_norm).
+    The trained params and per-step metrics (loss, bce, rank, accuracy, grad_norm).
   """
   tokens, labels = np.asarray(tokens, np.int32), np.asarray(labels, np.float32)
-  if tokens.ndim != 2 or labels.shape != tokens.shape[:1]:
-    raise ValueError(f"tokens must be [M, L] and labels [M], got {tokens.shape} and {labels.shape}")
+  if tokens.ndim not in (2, 3) or labels.shape != tokens.shape[:-1]:
+    raise ValueError(f"tokens must be [M, L] or [G, N, L] and labels [M] or [G, N], got {tokens.shape}"
+                     f" and {labels.shape}")
   if steps < 0 or batch_size < 1:
     raise ValueError(f"steps must be >= 0 and batch_size >= 1, got {steps}, {batch_size}")
+  if rank_weight and tokens.ndim == 2:
+    raise ValueError("rank_weight > 0 needs grouped data: tokens [G, N, L] and labels [G, N]")
+  if tokens.ndim == 2:  # Independent sequences: groups of one.
+    tokens, labels = tokens[:, None], labels[:, None]
+  per_step = max(1, batch_size // tokens.shape[1])
   schedule = optax.warmup_cosine_decay_schedule(
       0.0, learning_rate, warmup_steps, max(steps, warmup_steps + 1), 0.1 * learning_rate)
   optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=weight_decay))
   state = VerifierState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
-  step_fn = make_verifier_step(model, optimizer)
+  step_fn = make_verifier_step(model, optimizer, rank_weight=rank_weight)
   history = []
   for step in range(steps):
-    idx = np.random.default_rng([seed, step]).integers(0, len(labels), size=batch_size)
+    idx = np.random.default_rng([seed, step]).integers(0, len(labels), size=per_step)
     state, metrics = step_fn(state, {"tokens": tokens[idx], "labels": labels[idx]})
     history.append({k: float(v) for k, v in jax.device_get(metrics).items()})
   return state.params, history
@@ -272,6 +312,23 @@ def auc(scores, labels) -> float:
     return float("nan")
   ranks = scipy.stats.rankdata(scores, method="average")
   return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def within_prompt_auc(scores, labels) -> float:
+  """Mean over prompts of the AUC among that prompt's own samples.
+
+  What Best-of-N needs: ranking right above wrong answers *to the same
+  prompt*. A verifier that only knows which prompts are easy has a high
+  `auc` and a within-prompt AUC of 1/2. Prompts whose samples are all right
+  or all wrong are skipped; NaN when none is left.
+
+  Example: ``within_prompt_auc([[0.9, 0.1], [0.2, 0.8]], [[1, 0], [1, 0]]) == 0.5``.
+  """
+  scores, labels = np.asarray(scores, np.float64), np.asarray(labels) > 0.5
+  if scores.shape != labels.shape or scores.ndim != 2:
+    raise ValueError(f"scores and labels must both be [P, N], got {scores.shape} and {labels.shape}")
+  per = [auc(s, l) for s, l in zip(scores, labels) if 0 < l.sum() < l.size]
+  return float(np.mean(per)) if per else float("nan")
 
 
 def make_verifier_data(
@@ -368,7 +425,9 @@ def evaluate_verifier(
     batch_size: sequences per scoring call.
 
   Returns:
-    {"auc", "bo@k": [..], "pass@k": [..], "ks": [..]}: Bo-k is the unbiased
+    {"auc", "within_prompt_auc", "bo@k": [..], "pass@k": [..], "ks": [..]}:
+    `auc` pools every sample, `within_prompt_auc` ranks within prompts (what
+    Best-of-N uses); Bo-k is the unbiased
     verifier-selected accuracy (`bon.best_of_k`), pass@k its oracle ceiling
     (the grader as verifier); both averaged over prompts.
   """
@@ -376,6 +435,7 @@ def evaluate_verifier(
   labels = np.asarray(data["labels"], np.float32)
   return {
       "auc": auc(scores, labels),
+      "within_prompt_auc": within_prompt_auc(scores, labels),
       "ks": list(ks),
       "bo@k": [float(np.mean(bon.best_of_k(labels, scores, k))) for k in ks],
       "pass@k": [float(np.mean(bon.pass_at_k(labels, k))) for k in ks],
@@ -436,7 +496,7 @@ def run_verifier_stage(
     test_problems: Sequence[Any],
     out_dir: str | None = None,
 ) -> tuple[Params, dict[str, Any]]:
-  """The verifier stage: sample and grade, train with BCE, evaluate, save.
+  """The verifier stage: sample and grade, train (BCE + ranking), evaluate, save.
 
   Args:
     cfg: `default_verifier_config()`.
@@ -472,11 +532,15 @@ def run_verifier_stage(
                             rng=jax.random.fold_in(key, 1), **data_kw)
   params = init_verifier(model, jax.random.fold_in(key, 2),
                          backbone=policy_params if cfg.init == "policy" else None)
-  length = train_data["tokens"].shape[-1]
+  rank_weight = float(cfg.get("rank_weight", 0.0))
+  tokens, labels = train_data["tokens"], train_data["labels"]
+  if not rank_weight:  # BCE alone: independent sequences make more varied minibatches.
+    tokens, labels = tokens.reshape(-1, tokens.shape[-1]), labels.reshape(-1)
   params, history = train_verifier(
-      model, params, train_data["tokens"].reshape(-1, length), train_data["labels"].reshape(-1),
+      model, params, tokens, labels,
       steps=cfg.steps, batch_size=cfg.batch_size, learning_rate=cfg.learning_rate,
-      weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps, seed=cfg.seed)
+      weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps, rank_weight=rank_weight,
+      seed=cfg.seed)
   report = evaluate_verifier(model, params, held, ks=ks, batch_size=cfg.prompts_per_batch)
   report["label_mean"] = float(train_data["labels"].mean())
   report["final_loss"] = history[-1]["loss"] if history else float("nan")

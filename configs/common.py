@@ -172,6 +172,9 @@ def verifier_config() -> ml_collections.ConfigDict:
   c.learning_rate = 1e-4
   c.weight_decay = 0.0
   c.warmup_steps = 20
+  # Weight of the within-prompt pairwise ranking loss added to BCE (0 = BCE
+  # alone); > 0 trains on whole groups of num_samples per prompt.
+  c.rank_weight = 0.0
   c.seed = 0
   c.ks = (1, 2, 4, 8)
   c.prompts_per_batch = 32  # Sampling and scoring chunk (one compiled shape each).

@@ -83,6 +83,11 @@ def test_comparison_table_has_a_row_per_policy_and_paired_deltas(pipeline_run):
 
 def test_rerun_resumes_every_stage_without_rewriting(pipeline_run):
   wd, results = pipeline_run
+  # A verifier saved before config.verifier.rank_weight existed loads as if at its default 0.
+  report = os.path.join(wd, "verifier", "report.json")
+  saved = json.load(open(report))
+  del saved["config"]["verifier"]["rank_weight"]
+  json.dump(saved, open(report, "w"))
   before = {}
   for root, _, files in os.walk(wd):
     for f in files:
@@ -104,11 +109,27 @@ def test_stage_with_other_rl_settings_is_refused(pipeline_run):
     train.train_and_evaluate(c, wd)
 
 
+def test_workdir_identity_ignores_memory_settings_and_keeps_the_rest(tmp_path):
+  fields = config_lib.IDENTITY_FIELDS + ("rl",)
+  c = _pipeline_config()
+  config_lib.prepare_workdir(c, str(tmp_path), fields)
+  # Written before rl.microbatch_rows existed: the saved stage still resumes.
+  saved = json.load(open(tmp_path / config_lib.CONFIG_FILE))
+  del saved["rl"]["microbatch_rows"]
+  json.dump(saved, open(tmp_path / config_lib.CONFIG_FILE, "w"))
+  c.rl.microbatch_rows = 4  # Speed / memory only: another value resumes too.
+  config_lib.prepare_workdir(c, str(tmp_path), fields)
+  c.rl.kl_coef = 0.5
+  with pytest.raises(config_lib.UserError, match="different config.*rl.kl_coef"):
+    config_lib.prepare_workdir(c, str(tmp_path), fields)
+
+
 @pytest.mark.parametrize(
     "edit,match",
     [
         (lambda c: setattr(c, "algorithms", ("rloo", "ppo")), "stage 'ppo'.*unknown"),
         (lambda c: setattr(c.verifier, "steps", 0), "stage 'bon_rl_v' uses rl.verifier='learned'"),
+        (lambda c: setattr(c.verifier, "rank_weight", -1.0), "rank_weight must be a number >= 0"),
         (lambda c: setattr(c, "algorithms", ("rloo", "rloo")), "duplicates"),
         (lambda c: setattr(c.eval, "extra_temperatures", (0.0,)), "extra_temperatures"),
         (lambda c: setattr(c, "algorithms", ("base",)), "names the SFT starting policy"),

@@ -103,6 +103,51 @@ def test_bce_training_separates_synthetic_data_and_bo_k_follows(model):
   assert after["pass@k"][1] == pytest.approx(float(np.mean(bon.pass_at_k(held["labels"], 4))))
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_pairwise_ranking_loss_matches_pair_enumeration(seed):
+  rng = np.random.default_rng(seed)
+  logits = rng.normal(size=(5, 6)).astype(np.float32)
+  labels = (rng.random((5, 6)) < 0.4).astype(np.float32)
+  labels[0] = 1.0  # A prompt with no wrong sample contributes no pair.
+  terms = [np.logaddexp(0.0, logits[g, j] - logits[g, i])
+           for g in range(5) for i in range(6) for j in range(6) if labels[g, i] and not labels[g, j]]
+  got = float(verifier.pairwise_ranking_loss(logits, labels))
+  assert got == pytest.approx(float(np.mean(terms)), rel=1e-5)
+  assert float(verifier.pairwise_ranking_loss(logits, np.ones_like(labels))) == 0.0
+
+
+def test_within_prompt_auc_sees_through_prompt_difficulty():
+  rng = np.random.default_rng(0)
+  easy = rng.random(40) < 0.5
+  labels = (rng.random((40, 8)) < np.where(easy, 0.7, 0.1)[:, None]).astype(np.float32)
+  by_prompt = np.repeat(easy[:, None].astype(float), 8, axis=1) + 1e-3 * rng.random((40, 8))
+  # Scoring only "is this prompt easy" ranks samples well overall, but not within prompts.
+  assert verifier.auc(by_prompt, labels) > 0.75
+  mixed = [g for g in range(40) if 0 < labels[g].sum() < 8]
+  want = np.mean([_pair_count_auc(by_prompt[g], labels[g]) for g in mixed])
+  assert verifier.within_prompt_auc(by_prompt, labels) == pytest.approx(want)
+  assert verifier.within_prompt_auc(labels + by_prompt, labels) == 1.0
+  assert np.isnan(verifier.within_prompt_auc(np.zeros((2, 3)), np.ones((2, 3))))
+
+
+def test_ranking_loss_trains_on_whole_groups(model):
+  rng = np.random.default_rng(1)
+  tokens, labels = _synthetic(rng, 512)
+  params = verifier.init_verifier(model, jax.random.key(1))
+  grouped_t, grouped_l = tokens.reshape(128, 4, -1), labels.reshape(128, 4)
+  with pytest.raises(ValueError, match="needs grouped data"):
+    verifier.train_verifier(model, params, tokens, labels, steps=1, rank_weight=1.0)
+  params, hist = verifier.train_verifier(model, params, grouped_t, grouped_l, steps=60, batch_size=32,
+                                         learning_rate=3e-3, rank_weight=1.0, seed=0)
+  mixed = [h["rank"] for h in hist if h["rank"] > 0]
+  assert np.mean(mixed[-10:]) < 0.5 * np.mean(mixed[:5])
+  assert hist[0]["loss"] == pytest.approx(hist[0]["bce"] + hist[0]["rank"], rel=1e-5)
+  held_t, held_l = _synthetic(rng, 96)
+  got = verifier.evaluate_verifier(model, params, {"tokens": held_t.reshape(24, 4, -1),
+                                                   "labels": held_l.reshape(24, 4)}, ks=(1, 4))
+  assert got["within_prompt_auc"] > 0.9
+
+
 def test_learned_verifier_scores_prompt_plus_completion(model):
   class Tok:
     def encode(self, text):
