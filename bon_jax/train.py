@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import time
 from typing import Any
 
@@ -475,20 +476,41 @@ def write_comparison(results: dict[str, dict[str, Any]], workdir: str, *, temper
   return table
 
 
+# Settings of the whole evaluation stage, not of one evaluation: they do not
+# invalidate a saved one.
+_STAGE_ONLY_EVAL_FIELDS = ("extra_temperatures",)
+
+
+def _saved_evaluation(out_dir: str, name: str, eval_cfg: ml_collections.ConfigDict,
+                      learned: bool) -> dict[str, Any] | None:
+  """A saved `name.json` or `name_<time>.json` made with `eval_cfg` and the same verifier kind."""
+  if not os.path.isdir(out_dir):
+    return None
+  pattern = re.compile(re.escape(name) + r"(_\d+)?\.json")
+  want = {k: v for k, v in json.loads(json.dumps(eval_cfg.to_dict())).items() if k not in _STAGE_ONLY_EVAL_FIELDS}
+  for fname in sorted(os.listdir(out_dir)):
+    if not pattern.fullmatch(fname):
+      continue
+    with open(os.path.join(out_dir, fname)) as f:
+      saved = json.load(f)
+    got = {k: v for k, v in saved.get("eval_config", {}).items() if k not in _STAGE_ONLY_EVAL_FIELDS}
+    if got == want and saved.get("verifier") == ("learned" if learned else None):
+      logging.info("Evaluation already in %s", os.path.join(out_dir, fname))
+      return saved
+  return None
+
+
 def _evaluate_once(config, workdir, model, params, tok, test_set, step, verifier=None, *,
                    task: Any = countdown, suffix: str = "") -> dict[str, Any]:
-  """Evaluates at `step` unless `eval/step_<step><suffix>.json` already has this eval config."""
+  """Evaluates at `step` unless an `eval/step_<step><suffix>[_<time>].json` has this eval config."""
   out_dir = os.path.join(workdir, "eval")
   name = f"step_{step}{suffix}"
   path = os.path.join(out_dir, name + ".json")
+  saved = _saved_evaluation(out_dir, name, config.eval, verifier is not None)
+  if saved is not None:
+    print(evaluate.format_table(saved))
+    return saved
   if os.path.exists(path):
-    with open(path) as f:
-      saved = json.load(f)
-    if (saved.get("eval_config") == json.loads(json.dumps(config.eval.to_dict()))
-        and saved.get("verifier") == ("learned" if verifier is not None else None)):
-      logging.info("Evaluation of step %d already in %s", step, path)
-      print(evaluate.format_table(saved))
-      return saved
     name = f"step_{step}{suffix}_{int(time.time())}"  # Never overwrite an earlier evaluation.
   problems = test_set[: config.eval.num_prompts]
   graded = evaluate.sample_and_grade(

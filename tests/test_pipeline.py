@@ -101,6 +101,20 @@ def test_rerun_resumes_every_stage_without_rewriting(pipeline_run):
   assert after == before and not new, new
 
 
+def test_another_extra_temperature_evaluates_only_that_temperature(pipeline_run):
+  wd, results = pipeline_run
+  before = {os.path.join(r, f) for r, _, fs in os.walk(wd) for f in fs if f.endswith(".json")}
+  c = _pipeline_config()
+  c.eval.extra_temperatures = (0.5, 1.5)
+  again = train.train_and_evaluate(c, wd)
+  assert {k: v["overall"] for k, v in again.items()} == {k: v["overall"] for k, v in results.items()}
+  new = {os.path.join(r, f) for r, _, fs in os.walk(wd) for f in fs if f.endswith(".json")} - before
+  evals = sorted(os.path.relpath(p, wd) for p in new if "/eval/" in p)
+  # One new evaluation per policy, at the new temperature; T = 1 and 0.5 are reused.
+  assert evals == sorted(os.path.join(*d, "eval", f"step_{s}_T1.5.json") for d, s in
+                         [((), 2), (("rl", "rloo"), 2), (("rl", "bon_rl_v"), 2), (("rl", "sft"), 2)]), evals
+
+
 def test_stage_with_other_rl_settings_is_refused(pipeline_run):
   wd, _ = pipeline_run
   c = _pipeline_config()

@@ -1,0 +1,141 @@
+"""Why the learned verifier does not select: error kinds and BCE vs BCE + ranking.
+
+Samples the verifier stage's data once from an SFT workdir's policy (the same
+prompts, keys and sizes as `config.verifier`), counts the kinds of wrong
+answers on the held-out prompts, then trains one verifier per variant on the
+same data and reports pooled AUC, within-prompt AUC (`verifier.within_prompt_auc`)
+and Bo-k on held-out and on 256 training prompts. docs/RESULTS.md quotes it.
+
+Usage::
+
+  python bench/verifier_ablation.py --sft_workdir=/tmp/bon_demo \
+      --variants=bce:0:600,rank1:1:600,rank4:4:600 --out=/tmp/verifier_ablation.json
+
+A variant is name:rank_weight:steps (`config.verifier.rank_weight`, `.steps`);
+the rest of `config.verifier` comes from --config (default configs/countdown_bon.py).
+The SFT workdir is read, never written (it is copied to a temporary directory).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # pylint: disable=g-import-not-at-top
+import numpy as np  # pylint: disable=g-import-not-at-top
+
+from bon_jax import grading  # pylint: disable=g-import-not-at-top
+from bon_jax import models  # pylint: disable=g-import-not-at-top
+from bon_jax import train  # pylint: disable=g-import-not-at-top
+from bon_jax import verifier as verifier_lib  # pylint: disable=g-import-not-at-top
+from bon_jax.tasks import countdown  # pylint: disable=g-import-not-at-top
+
+
+def _config(path: str):
+  spec = importlib.util.spec_from_file_location("cfg", path)
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod.get_config()
+
+
+def error_kinds(task, problems, texts) -> dict[str, int]:
+  """Counts right answers, missing boxes, wrong digits / syntax and wrong values."""
+  kinds = {"right": 0, "no_box": 0, "wrong_digits_or_syntax": 0, "wrong_value": 0}
+  for p, group in zip(problems, texts):
+    for t in group:
+      boxed = grading.extract_boxed(t)
+      if task.grade(p, t):
+        kinds["right"] += 1
+      elif boxed is None:
+        kinds["no_box"] += 1
+      elif countdown.digits_value(boxed, p.digits) is None:
+        kinds["wrong_digits_or_syntax"] += 1
+      else:
+        kinds["wrong_value"] += 1
+  return kinds
+
+
+def main() -> None:
+  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  ap.add_argument("--sft_workdir", required=True, help="a finished SFT (demo) workdir")
+  ap.add_argument("--config", default="configs/countdown_bon.py")
+  ap.add_argument("--variants", default="bce:0:600,rank1:1:600,rank4:4:600")
+  ap.add_argument("--num_prompts", type=int, default=None, help="override config.verifier.num_prompts")
+  ap.add_argument("--holdout_prompts", type=int, default=None)
+  ap.add_argument("--out", default="/tmp/verifier_ablation.json")
+  args = ap.parse_args()
+  if not os.path.exists(os.path.join(args.sft_workdir, "config.json")):
+    sys.exit(f"--sft_workdir={args.sft_workdir} holds no run (config.json); run configs/demo.py first")
+
+  cfg = _config(args.config)
+  vc = cfg.verifier
+  if args.num_prompts:
+    vc.num_prompts = args.num_prompts
+  if args.holdout_prompts:
+    vc.holdout_prompts = args.holdout_prompts
+  tok, task = train.load_tokenizer(cfg), train.make_task(cfg)
+  train_set, test_set = train.make_task_splits(cfg.task)
+  model = train.make_policy(cfg, tok)
+  with tempfile.TemporaryDirectory() as tmp:  # train_sft only restores here: the source stays untouched.
+    work = os.path.join(tmp, "sft")
+    shutil.copytree(args.sft_workdir, work, ignore=shutil.ignore_patterns("rl", "verifier", "eval"))
+    state = train.train_sft(cfg, work, model=model, tokenizer=tok, train_set=train_set, task=task)
+  policy, backbone = train._plain(model, state.params), models.base_model(model)  # pylint: disable=protected-access
+
+  key = jax.random.key(vc.seed)
+  kw = dict(tokenizer=tok, task=task, num_samples=vc.num_samples, max_new_tokens=vc.max_new_tokens,
+            temperature=vc.temperature, prompts_per_batch=vc.prompts_per_batch)
+  t0 = time.perf_counter()
+  tr = verifier_lib.make_verifier_data(backbone, policy, problems=train_set[: vc.num_prompts],
+                                       rng=jax.random.fold_in(key, 0), **kw)
+  held = verifier_lib.make_verifier_data(backbone, policy, problems=test_set[: vc.holdout_prompts],
+                                         rng=jax.random.fold_in(key, 1), **kw)
+  out = {"sampling_s": time.perf_counter() - t0, "num_prompts": vc.num_prompts,
+         "holdout_prompts": vc.holdout_prompts, "num_samples": vc.num_samples,
+         "held_out_error_kinds": error_kinds(
+             task, test_set, verifier_lib.decode_completions(tok, held["completions"])),
+         "variants": {}}
+  print(json.dumps({k: v for k, v in out.items() if k != "variants"}), flush=True)
+  ks = [k for k in vc.ks if k <= vc.num_samples]
+  for spec in args.variants.split(","):
+    name, rank_weight, steps = spec.split(":")
+    rank_weight, steps = float(rank_weight), int(steps)
+    # The stage's init and minibatches (BCE alone: independent sequences; ranking: whole groups).
+    params = verifier_lib.init_verifier(backbone, jax.random.fold_in(key, 2), backbone=policy)
+    tokens, labels = tr["tokens"], tr["labels"]
+    if not rank_weight:
+      tokens, labels = tokens.reshape(-1, tokens.shape[-1]), labels.reshape(-1)
+    t0 = time.perf_counter()
+    params, hist = verifier_lib.train_verifier(
+        backbone, params, tokens, labels, steps=steps, batch_size=vc.batch_size,
+        learning_rate=vc.learning_rate, weight_decay=vc.weight_decay, warmup_steps=vc.warmup_steps,
+        rank_weight=rank_weight, seed=vc.seed)
+    seconds = time.perf_counter() - t0
+    sub = {k: v[:256] for k, v in tr.items()}
+    res = {"rank_weight": rank_weight, "steps": steps, "train_seconds": seconds,
+           "held_out": verifier_lib.evaluate_verifier(backbone, params, held, ks=ks, batch_size=32),
+           "train": verifier_lib.evaluate_verifier(backbone, params, sub, ks=ks, batch_size=32),
+           "last50": {k: float(np.mean([h[k] for h in hist[-50:]])) for k in hist[-1]} if hist else {}}
+    out["variants"][name] = res
+    h, t = res["held_out"], res["train"]
+    print(f"{name}: held-out AUC {h['auc']:.3f}, within-prompt {h['within_prompt_auc']:.3f},"
+          f" Bo-{ks[-1]} {100 * h['bo@k'][-1]:.1f}% (pass@1 {100 * h['pass@k'][0]:.1f}%,"
+          f" pass@{ks[-1]} {100 * h['pass@k'][-1]:.1f}%); train within-prompt {t['within_prompt_auc']:.3f}",
+          flush=True)
+  with open(args.out, "w") as f:
+    json.dump(out, f, indent=1)
+  print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+  main()
