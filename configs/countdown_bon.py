@@ -24,8 +24,8 @@ def get_config():
 
   config.algorithms = ("sft", "rloo", "bon_sft", "bon_rl_v", "bon_rl_s", "bon_rlb", "bon_rlb_p",
                        "pass_at_k")
-  # Two variants run after the first reproduction (docs/RESULTS.md), by name:
-  # --config.algorithms="('bon_rlb_gain8','pass_at_4')".
+  # Variants run after the first reproduction (docs/RESULTS.md), by name:
+  # --config.algorithms="('bon_rlb_gain8','pass_at_4','bon_rlb_p_300')".
   # BoN-RLB with its gains clipped at N instead of 10 N: the reported gain
   # g- = N p / (1 - p) reaches 10 N on the many prompts the policy fails, and
   # those all-negative updates wrecked the default run.
@@ -33,6 +33,8 @@ def get_config():
   # The subset pass@k estimator proper: k = 4 out of n = N' = 8 samples (with
   # k = n it equals BoN-RL-S).
   config.rl_overrides.pass_at_4 = dict(algorithm="pass_at_k", N=4)
+  # The best BoN-aware stage trained twice as long (same settings otherwise).
+  config.rl_overrides.bon_rlb_p_300 = dict(algorithm="bon_rlb_p", steps=300, checkpoint_every=100)
   # N' = 8 samples per prompt, 16 prompts per step, N = 8 (from the demo).
   config.rl.steps = 150
   config.rl.checkpoint_every = 50
