@@ -11,7 +11,9 @@ Usage::
   python bench/verifier_ablation.py --sft_workdir=/tmp/bon_demo \
       --variants=bce:0:600,rank1:1:600,rank4:4:600 --out=/tmp/verifier_ablation.json
 
-A variant is name:rank_weight:steps (`config.verifier.rank_weight`, `.steps`);
+A variant is name:rank_weight:steps[:synthetic] (`config.verifier.rank_weight`,
+`.steps`; `synthetic` adds that many groups of task-made answers, see
+`synthetic_data`, from training prompts the policy data does not use);
 the rest of `config.verifier` comes from --config (default configs/countdown_bon.py).
 The SFT workdir is read, never written (it is copied to a temporary directory).
 """
@@ -35,6 +37,7 @@ import jax  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 
 from bon_jax import grading  # pylint: disable=g-import-not-at-top
+from bon_jax import input_pipeline  # pylint: disable=g-import-not-at-top
 from bon_jax import models  # pylint: disable=g-import-not-at-top
 from bon_jax import train  # pylint: disable=g-import-not-at-top
 from bon_jax import verifier as verifier_lib  # pylint: disable=g-import-not-at-top
@@ -63,6 +66,41 @@ def error_kinds(task, problems, texts) -> dict[str, int]:
       else:
         kinds["wrong_value"] += 1
   return kinds
+
+
+def synthetic_data(tokenizer, task, problems, rng: np.random.Generator, *, num_samples: int,
+                   max_new_tokens: int) -> dict[str, np.ndarray]:
+  """Graded answers made by the task instead of the policy: half right, half near misses.
+
+  Each right answer is a random form of a solution (`countdown.sample_form`);
+  each wrong one a form over the same digits making another value within 10
+  of the target (the policy's dominant error: right digits, wrong value).
+  Same layout as `verifier.make_verifier_data` (tokens [P, N, L], labels [P, N]).
+  """
+  comps = np.zeros((len(problems), num_samples, max_new_tokens), np.int32)
+  labels = np.zeros((len(problems), num_samples), np.float32)
+  for i, p in enumerate(problems):
+    reach = [v for v in countdown.target_stats(p.digits) if v != p.target]
+    near = [v for v in reach if abs(v - p.target) <= 10] or reach
+    for j in range(num_samples):
+      right = j % 2 == 0
+      value = p.target if right else int(rng.choice(near))
+      ids = [*tokenizer.encode(f"\\boxed{{{countdown.sample_form(p.digits, value, rng)}}}"), models.EOS_ID]
+      comps[i, j, : len(ids)] = ids[:max_new_tokens]
+      labels[i, j] = float(right)
+    order = rng.permutation(num_samples)
+    comps[i], labels[i] = comps[i, order], labels[i, order]
+  prompts = input_pipeline.encode_prompts(tokenizer, [task.prompt_text(p) for p in problems])
+  tokens, _ = verifier_lib.join_prompt_completion(jax.numpy.asarray(prompts), jax.numpy.asarray(comps))
+  return {"tokens": np.asarray(tokens), "labels": labels}
+
+
+def _concat_groups(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """Stacks two grouped data sets, right-padding tokens to a common length."""
+  length = max(a["tokens"].shape[-1], b["tokens"].shape[-1])
+  pad = lambda t: np.pad(t, ((0, 0), (0, 0), (0, length - t.shape[-1])))  # PAD_ID is 0.
+  return {"tokens": np.concatenate([pad(a["tokens"]), pad(b["tokens"])]),
+          "labels": np.concatenate([a["labels"], b["labels"]])}
 
 
 def main() -> None:
@@ -108,11 +146,18 @@ def main() -> None:
   print(json.dumps({k: v for k, v in out.items() if k != "variants"}), flush=True)
   ks = [k for k in vc.ks if k <= vc.num_samples]
   for spec in args.variants.split(","):
-    name, rank_weight, steps = spec.split(":")
-    rank_weight, steps = float(rank_weight), int(steps)
+    name, rank_weight, steps, *synth = spec.split(":")
+    rank_weight, steps, synth = float(rank_weight), int(steps), int(synth[0]) if synth else 0
+    data = tr
+    if synth:  # Extra task-made groups from training prompts the policy data does not use.
+      extra = train_set[vc.num_prompts : vc.num_prompts + synth]
+      if len(extra) < synth:
+        sys.exit(f"{name}: only {len(extra)} training prompts left for {synth} synthetic groups")
+      data = _concat_groups(tr, synthetic_data(tok, task, extra, np.random.default_rng(vc.seed),
+                                               num_samples=vc.num_samples, max_new_tokens=vc.max_new_tokens))
     # The stage's init and minibatches (BCE alone: independent sequences; ranking: whole groups).
     params = verifier_lib.init_verifier(backbone, jax.random.fold_in(key, 2), backbone=policy)
-    tokens, labels = tr["tokens"], tr["labels"]
+    tokens, labels = data["tokens"], data["labels"]
     if not rank_weight:
       tokens, labels = tokens.reshape(-1, tokens.shape[-1]), labels.reshape(-1)
     t0 = time.perf_counter()
@@ -122,7 +167,7 @@ def main() -> None:
         rank_weight=rank_weight, seed=vc.seed)
     seconds = time.perf_counter() - t0
     sub = {k: v[:256] for k, v in tr.items()}
-    res = {"rank_weight": rank_weight, "steps": steps, "train_seconds": seconds,
+    res = {"rank_weight": rank_weight, "steps": steps, "synthetic_groups": synth, "train_seconds": seconds,
            "held_out": verifier_lib.evaluate_verifier(backbone, params, held, ks=ks, batch_size=32),
            "train": verifier_lib.evaluate_verifier(backbone, params, sub, ks=ks, batch_size=32),
            "last50": {k: float(np.mean([h[k] for h in hist[-50:]])) for k in hist[-1]} if hist else {}}
