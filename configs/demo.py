@@ -2,8 +2,8 @@
 
   python -m bon_jax.main --config=configs/demo.py --workdir=/tmp/bon_demo
 
-About 20 minutes on 2 CPU cores (17.4 min measured from a fresh clone, on a
-loaded machine, plus the install):
+About 15-20 minutes on 2 CPU cores (14.7 min measured from a fresh clone at
+load 2-4, 17.4 min at load 3-6; plus the install):
 
 1. SFT of a small Gemma-2 policy (~0.5M parameters, 2000 steps, ~9 min);
 2. a learned outcome verifier (the SFT policy's backbone + a scalar head)
