@@ -124,6 +124,9 @@ def _validate_pipeline(config: ml_collections.ConfigDict) -> None:
   rank_weight = config.verifier.get("rank_weight", 0.0)
   _require(isinstance(rank_weight, (int, float)) and rank_weight >= 0,
            f"config.verifier.rank_weight must be a number >= 0, got {rank_weight!r}")
+  pooling = config.verifier.get("pooling", "last")
+  _require(pooling in ("last", "min"),
+           f"config.verifier.pooling must be 'last' or 'min', got {pooling!r}")
   for t in config.eval.get("extra_temperatures", ()):
     _require(isinstance(t, (int, float)) and t > 0,
              f"config.eval.extra_temperatures must hold temperatures > 0, got {t!r}")

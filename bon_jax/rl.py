@@ -621,7 +621,8 @@ def train_rl(
       vparams = verifier_lib.load_verifier(rl.verifier_ckpt, models.base_model(model))
     except FileNotFoundError as e:
       raise config_lib.UserError(str(e)) from None
-    verifier = verifier_lib.learned_verifier(models.base_model(model), vparams, tokenizer=tok, task=task)
+    verifier = verifier_lib.learned_verifier(models.base_model(model), vparams, tokenizer=tok, task=task,
+                                             pooling=config.verifier.get("pooling", "last"))
   prompt_len = int(input_pipeline.encode_prompts(tok, [task.prompt_text(p) for p in problems]).shape[1])
   jsonl = train.JsonlWriter(os.path.join(workdir, "metrics.jsonl"))
   from clu import metric_writers  # pylint: disable=g-import-not-at-top  (imports TensorFlow)

@@ -321,7 +321,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   learned = None
   if config.verifier.steps > 0:
     vparams = _verifier_stage(config, workdir, model, base_params, tok, train_set, test_set, task)
-    learned = verifier_lib.learned_verifier(models.base_model(model), vparams, tokenizer=tok, task=task)
+    learned = verifier_lib.learned_verifier(models.base_model(model), vparams, tokenizer=tok, task=task,
+                                            pooling=config.verifier.pooling)
 
   results = {BASE: _evaluate_all(config, workdir, model, base_params, tok, test_set, final, learned, task)}
   for name in config.algorithms:

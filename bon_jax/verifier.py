@@ -6,8 +6,11 @@ A verifier scores completions: any callable with the `Verifier` signature
 
 * `grader_verifier(task)`: the exact grader, 1.0 / 0.0 (BoN-RL-S, pass@N).
 * `learned_verifier(model, params, tokenizer=..., task=...)`: a gemma
-  `Transformer` whose final hidden state at the LAST REAL token of
-  ``[BOS] prompt completion`` goes through a linear head to one logit.
+  `Transformer` over ``[BOS] prompt completion`` with a linear head to one
+  logit (`POOLINGS`): "last" reads the final hidden state at the last real
+  token; "min" applies the head at every real token and takes a soft
+  minimum, so an error anywhere can veto the answer and each position only
+  has to judge what it has read so far (a step solution's false step).
 
 The learned verifier is trained with binary cross-entropy on policy samples
 labelled by the task's grader (`make_verifier_data`, `train_verifier`) and
@@ -111,6 +114,13 @@ def join_prompt_completion(prompts: jax.Array, completions: jax.Array) -> tuple[
 # The learned verifier.
 
 _HEAD = nn.Dense(1)
+# How the head's per-position logits become one score (see `score`).
+POOLINGS = ("last", "min")
+
+
+def _check_pooling(pooling: str) -> None:
+  if pooling not in POOLINGS:
+    raise ValueError(f"verifier pooling must be one of {POOLINGS}, got {pooling!r}")
 
 
 def init_verifier(model: Any, rng: jax.Array, *, backbone: Params | None = None) -> Params:
@@ -133,13 +143,19 @@ def init_verifier(model: Any, rng: jax.Array, *, backbone: Params | None = None)
   return {"backbone": backbone, "head": head}
 
 
-def score(model: Any, params: Params, tokens: jax.Array, *, mesh: jax.sharding.Mesh | None = None) -> jax.Array:
+def score(model: Any, params: Params, tokens: jax.Array, *, pooling: str = "last",
+          mesh: jax.sharding.Mesh | None = None) -> jax.Array:
   """Verifier logits of full sequences.
 
   Args:
     model: the backbone `Transformer`.
     params: `init_verifier` params.
     tokens: int32[..., L] ``[BOS] prompt completion`` right-padded with PAD.
+    pooling: "last": the head on the final-normed hidden state at the last
+      real token. "min": the head on every real position's hidden state,
+      then a soft minimum ``-logsumexp(-logits)`` over the positions (at
+      most the smallest logit; an answer scores high only if no prefix
+      looks wrong).
     mesh: a `bon_jax.sharding` mesh: then jitted with explicit shardings,
       params by `sharding.param_specs` (head replicated), tokens [B, N, L]
       over `sharding.BATCH_AXES` on prompts (else samples), the logits alike.
@@ -147,29 +163,34 @@ def score(model: Any, params: Params, tokens: jax.Array, *, mesh: jax.sharding.M
       as is (usable inside other jitted functions).
 
   Returns:
-    float32[...]: the logit of P(correct). Depends only on the real tokens:
-    gemma's ``return_last_only`` reads the final-normed hidden state at the
-    last non-PAD position, so extra right padding does not change it.
+    float32[...]: the logit of P(correct). Depends only on the real tokens
+    (causal attention; PAD positions are masked out of the pooling), so
+    extra right padding does not change it.
   """
+  _check_pooling(pooling)
   if mesh is not None:
     kind = "groups" if np.ndim(tokens) >= 3 else "batch"
-    return _sharded_score(model, mesh, kind)(params, tokens)
+    return _sharded_score(model, mesh, kind, pooling)(params, tokens)
   tokens = jnp.asarray(tokens)
   lead, length = tokens.shape[:-1], tokens.shape[-1]
+  flat = tokens.reshape(-1, length)
   out = model.apply(
       {"params": params["backbone"]},
-      tokens.reshape(-1, length),
-      return_last_only=True,
+      flat,
+      return_last_only=pooling == "last",
       return_hidden_states=True,
   )
-  h = out.hidden_states.astype(jnp.float32)  # [R, D]
-  logit = _HEAD.apply({"params": params["head"]}, h)[:, 0]
-  return logit.reshape(lead)
+  h = out.hidden_states.astype(jnp.float32)  # [R, D] ("last") or [R, L, D]
+  logits = _HEAD.apply({"params": params["head"]}, h)[..., 0]
+  if pooling == "min":
+    neg = jnp.where(flat != models.PAD_ID, -logits, -jnp.inf)
+    logits = -jax.nn.logsumexp(neg, axis=-1)
+  return logits.reshape(lead)
 
 
 @functools.lru_cache(maxsize=8)
-def _sharded_score(model: Any, mesh: jax.sharding.Mesh, kind: str):
-  return sharding.jit_sharded(functools.partial(score, model), mesh, ("params", kind), kind)
+def _sharded_score(model: Any, mesh: jax.sharding.Mesh, kind: str, pooling: str = "last"):
+  return sharding.jit_sharded(functools.partial(score, model, pooling=pooling), mesh, ("params", kind), kind)
 
 
 def bce_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -209,17 +230,18 @@ class VerifierState:
   opt_state: Any
 
 
-def make_verifier_step(model: Any, optimizer: optax.GradientTransformation, *, rank_weight: float = 0.0):
+def make_verifier_step(model: Any, optimizer: optax.GradientTransformation, *, rank_weight: float = 0.0,
+                       pooling: str = "last"):
   """Jitted ``(state, batch) -> (state, metrics)``.
 
   ``batch``: ``tokens`` int32[G, N, L] (N samples of each of G prompts),
   ``labels`` float32[G, N] (0/1). Loss: BCE over all G * N sequences plus
   ``rank_weight`` x `pairwise_ranking_loss` within each prompt. Metrics: loss,
-  bce, rank, accuracy (at logit 0), grad_norm.
+  bce, rank, accuracy (at logit 0), grad_norm. `pooling` as in `score`.
   """
 
   def loss_fn(params, batch):
-    logits = score(model, params, batch["tokens"])
+    logits = score(model, params, batch["tokens"], pooling=pooling)
     bce = bce_loss(logits, batch["labels"])
     rank = pairwise_ranking_loss(logits, batch["labels"])
     acc = jnp.mean((logits > 0) == (batch["labels"] > 0.5))
@@ -247,6 +269,7 @@ def train_verifier(
     weight_decay: float = 0.0,
     warmup_steps: int = 0,
     rank_weight: float = 0.0,
+    pooling: str = "last",
     seed: int = 0,
 ) -> tuple[Params, list[dict[str, float]]]:
   """BCE (+ within-prompt ranking) training; minibatches are a function of (seed, step).
@@ -262,6 +285,7 @@ def train_verifier(
     steps, batch_size, learning_rate, weight_decay, warmup_steps: AdamW with
       warm-up and cosine decay after global-norm clipping at 1.
     rank_weight: weight of `pairwise_ranking_loss` (needs grouped data).
+    pooling: as in `score`.
     seed: minibatch order.
 
   Returns:
@@ -282,7 +306,7 @@ def train_verifier(
       0.0, learning_rate, warmup_steps, max(steps, warmup_steps + 1), 0.1 * learning_rate)
   optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=weight_decay))
   state = VerifierState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
-  step_fn = make_verifier_step(model, optimizer, rank_weight=rank_weight)
+  step_fn = make_verifier_step(model, optimizer, rank_weight=rank_weight, pooling=pooling)
   history = []
   for step in range(steps):
     idx = np.random.default_rng([seed, step]).integers(0, len(labels), size=per_step)
@@ -394,11 +418,12 @@ def grade_completions(task: Any, problems: Sequence[Any], texts: Sequence[Sequen
   return np.asarray(labels, np.float32), np.asarray(answers, np.int32)
 
 
-def score_batched(model: Any, params: Params, tokens: np.ndarray, batch_size: int = 64) -> np.ndarray:
+def score_batched(model: Any, params: Params, tokens: np.ndarray, batch_size: int = 64, *,
+                  pooling: str = "last") -> np.ndarray:
   """`score` over int[..., L] in fixed-size chunks (one compiled shape); float32[...]."""
   tokens = np.asarray(tokens, np.int32)
   flat = tokens.reshape(-1, tokens.shape[-1])
-  fn = _jitted_score(model)
+  fn = _jitted_score(model, pooling)
   out = []
   for start in range(0, len(flat), batch_size):
     chunk = flat[start : start + batch_size]
@@ -409,13 +434,13 @@ def score_batched(model: Any, params: Params, tokens: np.ndarray, batch_size: in
 
 
 @functools.lru_cache(maxsize=8)
-def _jitted_score(model: Any):
-  return jax.jit(functools.partial(score, model))
+def _jitted_score(model: Any, pooling: str = "last"):
+  return jax.jit(functools.partial(score, model, pooling=pooling))
 
 
 def evaluate_verifier(
     model: Any, params: Params, data: dict[str, np.ndarray], *, ks: Sequence[int] = (1, 2, 4),
-    batch_size: int = 64,
+    batch_size: int = 64, pooling: str = "last",
 ) -> dict[str, Any]:
   """AUC and Bo-k accuracy of the verifier on held-out groups.
 
@@ -423,6 +448,7 @@ def evaluate_verifier(
     data: `make_verifier_data` output (tokens [P, N, L], labels [P, N]).
     ks: subset sizes for Bo-k (each <= N).
     batch_size: sequences per scoring call.
+    pooling: as in `score`.
 
   Returns:
     {"auc", "within_prompt_auc", "bo@k": [..], "pass@k": [..], "ks": [..]}:
@@ -431,7 +457,7 @@ def evaluate_verifier(
     verifier-selected accuracy (`bon.best_of_k`), pass@k its oracle ceiling
     (the grader as verifier); both averaged over prompts.
   """
-  scores = score_batched(model, params, data["tokens"], batch_size)
+  scores = score_batched(model, params, data["tokens"], batch_size, pooling=pooling)
   labels = np.asarray(data["labels"], np.float32)
   return {
       "auc": auc(scores, labels),
@@ -457,19 +483,22 @@ def grader_verifier(task: Any) -> Verifier:
 
 
 def learned_verifier(
-    model: Any, params: Params, *, tokenizer: Any, task: Any, batch_size: int = 64
+    model: Any, params: Params, *, tokenizer: Any, task: Any, batch_size: int = 64,
+    pooling: str = "last",
 ) -> Verifier:
   """A `Verifier` scoring ``[BOS] task.prompt_text(problem) completion`` with `score`.
 
-  Scores are the head's logits (only their order matters for BoN).
+  Scores are the head's logits (only their order matters for BoN); `pooling`
+  must be the one the params were trained with (``config.verifier.pooling``).
   """
+  _check_pooling(pooling)
 
   def fn(problems, completion_texts, tokens):
     del completion_texts
     tokens = np.asarray(tokens)
     prompts = input_pipeline.encode_prompts(tokenizer, [task.prompt_text(p) for p in problems])
     seqs, _ = join_prompt_completion(jnp.asarray(prompts), jnp.asarray(tokens))
-    return score_batched(model, params, np.asarray(seqs), batch_size)
+    return score_batched(model, params, np.asarray(seqs), batch_size, pooling=pooling)
 
   return fn
 
@@ -533,6 +562,7 @@ def run_verifier_stage(
   params = init_verifier(model, jax.random.fold_in(key, 2),
                          backbone=policy_params if cfg.init == "policy" else None)
   rank_weight = float(cfg.get("rank_weight", 0.0))
+  pooling = cfg.get("pooling", "last")
   tokens, labels = train_data["tokens"], train_data["labels"]
   if not rank_weight:  # BCE alone: independent sequences make more varied minibatches.
     tokens, labels = tokens.reshape(-1, tokens.shape[-1]), labels.reshape(-1)
@@ -540,8 +570,8 @@ def run_verifier_stage(
       model, params, tokens, labels,
       steps=cfg.steps, batch_size=cfg.batch_size, learning_rate=cfg.learning_rate,
       weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps, rank_weight=rank_weight,
-      seed=cfg.seed)
-  report = evaluate_verifier(model, params, held, ks=ks, batch_size=cfg.prompts_per_batch)
+      pooling=pooling, seed=cfg.seed)
+  report = evaluate_verifier(model, params, held, ks=ks, batch_size=cfg.prompts_per_batch, pooling=pooling)
   report["label_mean"] = float(train_data["labels"].mean())
   report["final_loss"] = history[-1]["loss"] if history else float("nan")
   if out_dir is not None:

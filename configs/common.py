@@ -26,6 +26,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.task.num_digits = (3, 4, 5)
   c.task.target_range = (10, 99)
   c.task.target_weighting = 0.0
+  # Countdown completions: "expression" (one boxed expression) or "steps"
+  # (one operation per step with its result: `4+7=11, 11+9=20, 3*20=60`).
+  c.task.solution_format = "expression"
 
   # `task`: the embedded task's sentencepiece model (shipped in the package);
   # `sentencepiece`: a .model file at `tokenizer.path` (e.g. Gemma 2's).
@@ -175,6 +178,9 @@ def verifier_config() -> ml_collections.ConfigDict:
   # Weight of the within-prompt pairwise ranking loss added to BCE (0 = BCE
   # alone); > 0 trains on whole groups of num_samples per prompt.
   c.rank_weight = 0.0
+  # How the head reads the sequence (bon_jax.verifier.POOLINGS): "last" token,
+  # or a soft "min" over every position (an error anywhere vetoes the answer).
+  c.pooling = "last"
   c.seed = 0
   c.ks = (1, 2, 4, 8)
   c.prompts_per_batch = 32  # Sampling and scoring chunk (one compiled shape each).

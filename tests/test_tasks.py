@@ -350,3 +350,97 @@ def test_too_few_puzzles_for_the_settings_raise_value_error():
     countdown.make_splits(
         seed=0, num_train=50, num_test=0, num_digits=(3,), digit_range=(1, 2), target_range=(5, 8)
     )
+
+
+# ---------------------------------------------------------------------------
+# The "steps" solution format: one binary operation per step with its result.
+
+PS = countdown.make_problem((3, 4, 7, 9), 60, solution_format="steps")
+
+
+@pytest.mark.parametrize(
+    "completion",
+    [
+        "4+7=11, 11+9=20, 3*20=60",
+        "9+7=16, 16+4=20, 20*3=60",
+        "7+9=16, 16+4=20, 20×3=60",  # an alias of *
+        " 4 + 7 = 11 ,11+9=20,3*20=60 ",  # spacing
+        "9+7=16, 4+16=20, 3*20=60",  # operands in any order
+    ],
+)
+def test_steps_grade_accepts_true_chains_that_use_each_digit_once(completion):
+  assert countdown.grade(PS, completion)
+  assert countdown.answer_key(PS, completion) == "60"
+
+
+@pytest.mark.parametrize(
+    "completion",
+    [
+        "4+7=11, 11+9=20, 3*20=61",  # a false last step (claims a wrong result)
+        "4+7=11, 11+9=21, 3*21=63",  # a false middle step
+        "4+7=11, 11+9=20, 20*3=60, 60-0=60",  # a number that was never given
+        "4+7=11, 11+9=20",  # the 3 unused
+        "4+4=8, 8+7=15, 15*4=60",  # a digit used twice
+        "4+7=11, 11+9=20, 3*20=60,",  # trailing comma
+        "4+7=11; 11+9=20; 3*20=60",  # other separators
+        "4+7=11, 11+9=20, 3*20",  # no result
+        "4+07=11, 11+9=20, 3*20=60",  # a leading zero
+        "4/7=0, 11+9=20, 3*20=60",
+        r"\boxed{3*(4+7+9)}",  # the other format is not accepted
+        "",
+        "4+7=11, " * 40 + "3*20=60",  # too long
+    ],
+)
+def test_steps_grade_rejects_false_incomplete_or_malformed_chains(completion):
+  assert not countdown.grade(PS, completion)
+
+
+def test_steps_answer_key_is_the_value_of_any_valid_chain():
+  assert countdown.answer_key(PS, "4+7=11, 11*9=99, 99-3=96") == "96"
+  assert countdown.answer_key(PS, "3-4=-1, -1+7=6, 6*9=54") == "54"  # negative intermediates are valid
+  assert countdown.answer_key(PS, "4+7=11, 11*9=99, 99-3=95") is None  # false step
+  assert countdown.answer_key(PS, "4+7=11, 11*9=99") is None  # incomplete
+
+
+def test_steps_of_every_form_recompute_its_value_with_the_given_digits():
+  # Each form of every target of a 5-digit multiset: the steps are true, use
+  # each digit once, and (where the form's sums are not negative) stay >= 0.
+  digits = (1, 3, 4, 6, 8)
+  for target in (10, 24, 57, 99):
+    for cls in countdown.solutions(digits, target):
+      for form in cls:
+        steps = countdown.steps_of(countdown.parse(form))
+        assert len(steps) == len(digits) - 1
+        assert all(c == {"+": a + b, "-": a - b, "*": a * b}[op] for a, op, b, c in steps)
+        text = countdown.format_steps(steps)
+        assert countdown.parse_steps(text) == steps
+        assert countdown.steps_value(text, digits) == target == _ast_value(form)
+
+
+def test_steps_sums_take_positive_terms_first():
+  assert countdown.steps_of(countdown.parse("9-4+3")) == [(9, "+", 3, 12), (12, "-", 4, 8)]
+  assert countdown.steps_of(countdown.parse("3*(4+7+9)")) == [
+      (4, "+", 7, 11), (11, "+", 9, 20), (3, "*", 20, 60)]
+  assert countdown.steps_of(countdown.parse("8-(3-9)*2")) == [
+      (3, "-", 9, -6), (-6, "*", 2, -12), (8, "-", -12, 20)]
+
+
+def test_steps_splits_keep_the_puzzles_and_every_sft_target_grades():
+  kw = dict(seed=3, num_train=300, num_test=100, target_weighting=2.5)
+  expr_train, expr_test = countdown.make_splits(**kw)
+  train, test = countdown.make_splits(solution_format="steps", **kw)
+  assert [p.id for p in train + test] == [p.id for p in expr_train + expr_test]
+  rng = np.random.default_rng(0)
+  negative = 0
+  for p in train + test:
+    assert p.solution_format == "steps" and countdown.grade(p, p.solution.split(", so")[0])
+    for _ in range(3):
+      y = countdown.sft_targets(p, rng)
+      assert countdown.grade(p, y), (p.id, y)
+      negative += "=-" in y
+  assert negative == 0  # every puzzle here has a solution with natural intermediates
+
+
+def test_unknown_solution_format_is_a_value_error():
+  with pytest.raises(ValueError, match="solution_format"):
+    countdown.make_splits(seed=0, num_train=1, num_test=1, solution_format="prose")

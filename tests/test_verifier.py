@@ -211,3 +211,51 @@ def test_verifier_stage_trains_on_graded_policy_samples_and_saves(tmp_path):
     cfg.holdout_prompts = 3
     verifier.run_verifier_stage(cfg, model=model, policy_params=policy, tokenizer=tok, task=countdown,
                                 train_problems=train_set, test_problems=test_set)
+
+
+def test_min_pooling_is_a_soft_minimum_of_the_per_token_head_over_real_tokens(model):
+  params = verifier.init_verifier(model, jax.random.key(0))
+  tokens = jnp.array([[2, 5, 6, 7, 0, 0], [2, 9, 0, 0, 0, 0]])
+  got = verifier.score(model, params, tokens, pooling="min")
+  # Independently: the head on every position's hidden state, PAD excluded.
+  h = model.apply({"params": params["backbone"]}, tokens, return_hidden_states=True).hidden_states
+  per_token = np.asarray(h @ params["head"]["kernel"][:, 0] + params["head"]["bias"][0], np.float64)
+  for row, toks in enumerate(np.asarray(tokens)):
+    real = per_token[row][toks != 0]
+    assert float(got[row]) == pytest.approx(-np.logaddexp.reduce(-real), rel=1e-4, abs=1e-4)
+    assert float(got[row]) <= real.min() + 1e-5
+  # Padding does not change it; a change at any real position (not only the last) does.
+  longer = jnp.pad(tokens, ((0, 0), (0, 5)))
+  np.testing.assert_allclose(verifier.score(model, params, longer, pooling="min"), got, rtol=1e-5, atol=1e-5)
+  changed = verifier.score(model, params, tokens.at[0, 1].set(8), pooling="min")
+  assert abs(float(changed[0] - got[0])) > 1e-6
+  with pytest.raises(ValueError, match="pooling"):
+    verifier.score(model, params, tokens, pooling="mean")
+
+
+def _error_anywhere(rng, num, length=12):
+  """Label 1 unless some token is 3 (a 'false step'), wherever it stands."""
+  tokens = np.zeros((num, length), np.int32)
+  labels = np.zeros(num, np.float32)
+  for i in range(num):
+    n = int(rng.integers(6, length))
+    tokens[i, 0] = models.BOS_ID
+    tokens[i, 1:n] = rng.integers(4, VOCAB, n - 1)
+    if rng.random() < 0.5:
+      tokens[i, int(rng.integers(1, n - 1))] = 3  # never the last real token
+    labels[i] = float(3 not in tokens[i])
+  return tokens, labels
+
+
+def test_min_pooling_trains_to_veto_an_error_anywhere(model):
+  rng = np.random.default_rng(0)
+  tokens, labels = _error_anywhere(rng, 512)
+  held_t, held_l = _error_anywhere(rng, 128)
+  held = {"tokens": held_t.reshape(32, 4, -1), "labels": held_l.reshape(32, 4)}
+  params = verifier.init_verifier(model, jax.random.key(1))
+  before = verifier.evaluate_verifier(model, params, held, ks=(1, 4), pooling="min")
+  params, hist = verifier.train_verifier(model, params, tokens, labels, steps=60, batch_size=32,
+                                         learning_rate=3e-3, pooling="min", seed=0)
+  after = verifier.evaluate_verifier(model, params, held, ks=(1, 4), pooling="min")
+  assert before["auc"] < 0.8 and after["auc"] > 0.97, (before, after)
+  assert hist[-1]["loss"] < 0.5 * hist[0]["loss"]

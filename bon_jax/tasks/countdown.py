@@ -664,6 +664,134 @@ def prepare(puzzles) -> None:
 
 
 # ---------------------------------------------------------------------------
+# Step-by-step solutions: one binary operation per step, with its result.
+
+SOLUTION_FORMATS = ("expression", "steps")
+MAX_STEPS_CHARS = 256
+_NUM = r"(-?(?:0|[1-9][0-9]*))"
+_STEP_RE = re.compile(rf"\s*{_NUM}\s*([-+*])\s*{_NUM}\s*=\s*{_NUM}\s*")
+
+Step = tuple[int, str, int, int]  # (a, op, b, the written result)
+
+
+def _apply(a: int, op: str, b: int) -> int:
+  return a + b if op == "+" else a - b if op == "-" else a * b
+
+
+def steps_of(node: Node) -> list[Step]:
+  """The steps that compute a parse tree, one binary operation each.
+
+  A run of + and - is one signed sum, evaluated positive terms first (so
+  ``9-4+3`` becomes ``9+3=12, 12-4=8``: no negative intermediate unless the
+  sum itself is negative); a run of * is one product; terms that are
+  expressions themselves are computed first, left to right.
+
+  Example: ``steps_of(parse("3*(4+7+9)")) == [(4, "+", 7, 11), (11, "+", 9,
+  20), (3, "*", 20, 60)]``.
+  """
+  steps: list[Step] = []
+
+  def run(n: Node) -> int:
+    if isinstance(n, int):
+      return n
+    terms: list[tuple[int, Node]] = []
+
+    def flatten(m: Node, sign: int) -> None:
+      if isinstance(m, tuple) and (m[0] == "*") == (n[0] == "*"):
+        flatten(m[1], sign)
+        flatten(m[2], -sign if m[0] == "-" else sign)
+      else:
+        terms.append((sign, m))
+
+    flatten(n, 1)
+    values = [(sign, run(t)) for sign, t in terms]
+    if n[0] == "*":
+      order = [("*", v) for _, v in values]
+    else:  # The leftmost term of a sum is always positive.
+      order = [("+", v) for s, v in values if s > 0] + [("-", v) for s, v in values if s < 0]
+    acc = order[0][1]
+    for op, v in order[1:]:
+      steps.append((acc, op, v, _apply(acc, op, v)))
+      acc = steps[-1][3]
+    return acc
+
+  run(node)
+  return steps
+
+
+def format_steps(steps: Sequence[Step]) -> str:
+  """``"4+7=11, 11+9=20, 3*20=60"``: the text of a step list."""
+  return ", ".join(f"{a}{op}{b}={c}" for a, op, b, c in steps)
+
+
+def parse_steps(text: str) -> list[Step]:
+  """Parses ``a op b = c`` steps separated by commas (no eval).
+
+  Numbers are integers (a leading minus allowed, no leading zeros); ``×``,
+  ``−`` and the other aliases of `tokenize` are accepted. Results are
+  returned as written, true or not.
+
+  Raises:
+    ParseError: if `text` is not such a list or is longer than
+      `MAX_STEPS_CHARS`.
+  """
+  if len(text) > MAX_STEPS_CHARS:
+    raise ParseError(f"steps longer than {MAX_STEPS_CHARS} characters")
+  for alias, op in _ALIASES:
+    text = text.replace(alias, op)
+  steps = []
+  for part in text.split(","):
+    m = _STEP_RE.fullmatch(part)
+    if m is None:
+      raise ParseError(f"not a step 'a op b = c': {part.strip()[:32]!r}")
+    a, op, b, c = m.groups()
+    steps.append((int(a), op, int(b), int(c)))
+  return steps
+
+
+def steps_value(text: str, digits: tuple[int, ...]) -> int | None:
+  """The number a step solution makes from `digits`, or None if it is not one.
+
+  Valid means: every step combines two numbers still available (the given
+  digits, each once, and the results of earlier steps, each once), every
+  written result is true, and one number is left at the end: the value.
+
+  Example: ``steps_value("4+7=11, 11+9=20, 3*20=60", (3, 4, 7, 9)) == 60``;
+  ``"4+7=11, 11+9=21, 3*21=63"`` (a false step) and ``"4+7=11, 11*3=33"``
+  (the 9 unused) give None.
+  """
+  try:
+    steps = parse_steps(text)
+  except ParseError:
+    return None
+  pool = collections.Counter(digits)
+  for a, op, b, c in steps:
+    for x in (a, b):
+      if pool[x] <= 0:
+        return None
+      pool[x] -= 1
+    if c != _apply(a, op, b):
+      return None
+    pool[c] += 1
+  left = list(pool.elements())
+  return left[0] if len(left) == 1 else None
+
+
+def sample_steps(digits, target: int, rng: np.random.Generator, tries: int = 16) -> str:
+  """A step solution: a `sample_form` draw written as `steps_of` its tree.
+
+  Draws up to `tries` forms and keeps the first whose steps have no negative
+  intermediate (the last draw if none has), so SFT data stays in the
+  natural numbers wherever the puzzle allows.
+  """
+  for _ in range(tries):
+    steps = steps_of(parse(sample_form(digits, target, rng)))
+    if all(c >= 0 for *_, c in steps):
+      break
+  return format_steps(steps)
+
+
+# ---------------------------------------------------------------------------
 # The task API used by training and evaluation.
 
 FAMILIES = ("countdown",) + arith.FAMILIES
@@ -686,6 +814,7 @@ class Problem:
   prompt: str  # the short text the policy is conditioned on
   digits: tuple[int, ...] = ()  # countdown only (sorted)
   target: int | None = None  # countdown only
+  solution_format: str = "expression"  # countdown only: see `TaskConfig`
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -702,6 +831,12 @@ class TaskConfig:
       proportional to num_solutions ** target_weighting (0: uniform over
       reachable targets; > 0 easier, < 0 harder).
     max_solutions: skip countdown targets with more solution classes.
+    solution_format: what a countdown completion is (`SOLUTION_FORMATS`):
+      "expression", one boxed expression (``\\boxed{3*(4+7+9)}``); or
+      "steps", one binary operation per step with its result
+      (``4+7=11, 11+9=20, 3*20=60``), so that a wrong answer shows a
+      locally checkable error: a false step, or a last result that is not
+      the target.
   """
 
   families: Mapping[str, float] = dataclasses.field(
@@ -713,8 +848,13 @@ class TaskConfig:
   target_range: tuple[int, int] = (10, 99)
   target_weighting: float = 0.0
   max_solutions: int | None = None
+  solution_format: str = "expression"
 
   def __post_init__(self):
+    if self.solution_format not in SOLUTION_FORMATS:
+      raise ValueError(
+          f"unknown solution_format {self.solution_format!r}; choose from {SOLUTION_FORMATS}"
+      )
     fams = dict(self.families)
     unknown = sorted(set(fams) - set(FAMILIES))
     if unknown:
@@ -738,9 +878,12 @@ class TaskConfig:
     )
 
 
-def _countdown_problem(puzzle: Puzzle, reference: str) -> Problem:
+def _countdown_problem(puzzle: Puzzle, reference: str, solution_format: str = "expression") -> Problem:
   digits, target = puzzle.digits, puzzle.target
   listed = ", ".join(map(str, digits))
+  worked = f"{reference}={target}"
+  if solution_format == "steps":
+    worked = format_steps(steps_of(parse(reference)))
   return Problem(
       id=f"countdown/{'-'.join(map(str, digits))}/{target}",
       problem=(
@@ -748,7 +891,7 @@ def _countdown_problem(puzzle: Puzzle, reference: str) -> Problem:
           f" and brackets, to make {target}."
       ),
       level=puzzle.level,
-      solution=f"{reference}={target}, so the answer is \\boxed{{{reference}}}",
+      solution=f"{worked}, so the answer is \\boxed{{{reference}}}",
       answer=reference,
       family="countdown",
       num_solutions=puzzle.num_solutions,
@@ -756,11 +899,13 @@ def _countdown_problem(puzzle: Puzzle, reference: str) -> Problem:
       prompt=f"{' '.join(map(str, digits))} -> {target}:",
       digits=digits,
       target=target,
+      solution_format=solution_format,
   )
 
 
 def make_problem(
-    digits, target: int, rng: np.random.Generator | None = None
+    digits, target: int, rng: np.random.Generator | None = None, *,
+    solution_format: str = "expression",
 ) -> Problem:
   """The countdown `Problem` of given digits and target (for demos, tests).
 
@@ -775,7 +920,7 @@ def make_problem(
       digits=digits, target=int(target), num_solutions=stats[0], num_forms=stats[1]
   )
   rng = np.random.default_rng(0) if rng is None else rng
-  return _countdown_problem(puzzle, sample_form(digits, target, rng))
+  return _countdown_problem(puzzle, sample_form(digits, target, rng), solution_format)
 
 
 def _unique_problems(
@@ -826,7 +971,7 @@ def _generate(
       )
       used.update((p.digits, p.target) for p in puzzles)
       out += [
-          _countdown_problem(p, sample_form(p.digits, p.target, ref_rng))
+          _countdown_problem(p, sample_form(p.digits, p.target, ref_rng), cfg.solution_format)
           for p in puzzles
       ]
     else:
@@ -871,9 +1016,12 @@ def sft_targets(problem: Problem, rng: np.random.Generator) -> str:
   """An SFT completion (without EOS).
 
   Countdown: ``\\boxed{expr}`` with a solution class drawn uniformly, then a
-  form of it uniformly, so SFT learns the diversity Best-of-N needs. The
-  other families: their worked solution.
+  form of it uniformly, so SFT learns the diversity Best-of-N needs; in the
+  "steps" format that form's `sample_steps`. The other families: their
+  worked solution.
   """
+  if problem.family == "countdown" and problem.solution_format == "steps":
+    return sample_steps(problem.digits, problem.target, rng)
   if problem.family == "countdown":
     return f"\\boxed{{{sample_form(problem.digits, problem.target, rng)}}}"
   return problem.solution
@@ -883,9 +1031,13 @@ def answer_key(problem: Problem, completion: str) -> str | None:
   """The final answer's equivalence class, for majority voting.
 
   Countdown: the value of the last boxed expression if it is well formed and
-  uses exactly the given digits; unique families: the boxed integer. None
-  when there is no such answer.
+  uses exactly the given digits ("steps" format: the `steps_value` of the
+  whole completion); unique families: the boxed integer. None when there is
+  no such answer.
   """
+  if problem.family == "countdown" and problem.solution_format == "steps":
+    v = steps_value(completion, problem.digits)
+    return None if v is None else str(v)
   boxed = grading.extract_boxed(completion)
   if boxed is None:
     return None
@@ -900,7 +1052,8 @@ def grade(problem: Problem, completion: str) -> bool:
   """Whether the last ``\\boxed{...}`` of `completion` is a correct answer.
 
   Countdown answers are parsed (no eval) and must use each given digit once
-  and make the target; others must equal the reference integer.
+  and make the target (in the "steps" format: with every step true); others
+  must equal the reference integer.
   """
   key = answer_key(problem, completion)
   if problem.family == "countdown":
