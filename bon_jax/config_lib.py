@@ -20,6 +20,12 @@ IDENTITY_FIELDS = ("task", "tokenizer", "model", "seed")
 # Settings inside identity fields that change speed or memory, not results:
 # a run may resume with others (e.g. on a smaller device after preemption).
 NOT_IDENTITY = {"rl": ("microbatch_rows",)}
+# Fields added after runs were saved without them: a saved run counts them at
+# these defaults (their values then), so it still resumes.
+ADDED_LATER = {
+    "task": {"solution_format": "expression"},
+    "rl": {"verifier_auc": 0.8, "verifier_noise_seed": 0},
+}
 CONFIG_FILE = "config.json"
 # config.task.name values (bon_jax/tasks/registry.py).
 TASKS = ("countdown", "hendrycks_math", "humaneval")
@@ -146,6 +152,9 @@ def identity(config: ml_collections.ConfigDict | dict[str, Any],
   """The `fields` of a config (or a saved config dict) that a resumed run must share."""
   full = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else config
   out = {k: full.get(k) for k in fields}
+  for k, defaults in ADDED_LATER.items():
+    if isinstance(out.get(k), dict):
+      out[k] = {**defaults, **out[k]}
   for k, skip in NOT_IDENTITY.items():
     if isinstance(out.get(k), dict):
       out[k] = {key: v for key, v in out[k].items() if key not in skip}

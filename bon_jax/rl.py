@@ -117,8 +117,12 @@ def validate_rl_config(cfg: ml_collections.ConfigDict) -> None:
   if cfg.algorithm in _SUBSET:
     need(cfg.N <= cfg.N_prime,
          f"config.rl.N={cfg.N} must be <= config.rl.N_prime={cfg.N_prime} for {cfg.algorithm}")
-  need(cfg.verifier in ("grader", "learned"),
-       f"config.rl.verifier must be 'grader' or 'learned', got {cfg.verifier!r}")
+  need(cfg.verifier in ("grader", "learned", "noisy"),
+       f"config.rl.verifier must be 'grader', 'learned' or 'noisy', got {cfg.verifier!r}")
+  if cfg.verifier == "noisy":
+    auc = cfg.get("verifier_auc", 1.0)
+    need(isinstance(auc, (int, float)) and 0.5 < auc <= 1.0,
+         f"config.rl.verifier_auc must be in (0.5, 1] for rl.verifier='noisy', got {auc!r}")
 
 
 # ----------------------------------------------------------------------------
@@ -612,6 +616,9 @@ def train_rl(
   state = train.restore_or_init(mngr, state)
   start = int(state.step)
 
+  if verifier is None and rl.verifier == "noisy":
+    verifier = verifier_lib.noisy_grader_verifier(task, target_auc=float(rl.verifier_auc),
+                                                  seed=int(rl.verifier_noise_seed))
   if verifier is None and rl.verifier == "learned":
     if not rl.verifier_ckpt:
       raise config_lib.UserError(

@@ -36,6 +36,7 @@ float[D, 1], "bias": float[1]}}`` (the head is a `flax.linen.Dense(1)`).
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 from collections.abc import Sequence
 from typing import Any, Protocol
@@ -478,6 +479,53 @@ def grader_verifier(task: Any) -> Verifier:
   def fn(problems, completion_texts, tokens=None):
     del tokens
     return grade_completions(task, problems, completion_texts)[0]
+
+  return fn
+
+
+def noise_scale_for_auc(target_auc: float) -> float:
+  """The sigma of `noisy_grader_verifier` whose within-prompt AUC is `target_auc`.
+
+  A right and a wrong answer score ``1 + sigma z1`` and ``sigma z2``, so the
+  right one ranks above with probability ``Phi(1 / (sigma sqrt 2))``; solved
+  for sigma. 1.0 gives 0 (the grader); 0.5 is pure noise (infinite sigma).
+  """
+  if not 0.5 < target_auc <= 1.0:
+    raise ValueError(f"a noisy grader's target AUC must be in (0.5, 1], got {target_auc!r}")
+  if target_auc == 1.0:
+    return 0.0
+  return float(1.0 / (np.sqrt(2.0) * scipy.stats.norm.ppf(target_auc)))
+
+
+def _text_normals(seed: int, problems: Sequence[Any], texts: Sequence[Sequence[str]]) -> np.ndarray:
+  """float64[B, N] standard normals, each a fixed function of (seed, problem, text)."""
+  u = np.empty((len(texts), len(texts[0]) if texts else 0))
+  for i, (problem, group) in enumerate(zip(problems, texts, strict=True)):
+    pid = str(getattr(problem, "id", problem))
+    for j, text in enumerate(group):
+      digest = hashlib.blake2b(f"{seed}\0{pid}\0{text}".encode(), digest_size=8).digest()
+      u[i, j] = (int.from_bytes(digest, "little") + 0.5) / 2.0**64
+  return scipy.stats.norm.ppf(u)
+
+
+def noisy_grader_verifier(task: Any, *, target_auc: float, seed: int = 0) -> Verifier:
+  """The grader's verdict plus noise: a verifier of controlled quality.
+
+  Score = grade + sigma * z, with sigma from `noise_scale_for_auc` so that
+  the within-prompt AUC is `target_auc` on any mix of right and wrong
+  answers, and z a standard normal fixed by (seed, problem id, completion
+  text): like a learned verifier, it is a function of the text, so a policy
+  trained against it can find wrong answers that it over-scores.
+
+  Example: ``noisy_grader_verifier(countdown, target_auc=0.8)(problems,
+  texts, tokens)`` -> float64[B, N].
+  """
+  sigma = noise_scale_for_auc(target_auc)
+  grader = grader_verifier(task)
+
+  def fn(problems, completion_texts, tokens=None):
+    grades = grader(problems, completion_texts, tokens).astype(np.float64)
+    return grades + sigma * _text_normals(seed, problems, completion_texts) if sigma else grades
 
   return fn
 

@@ -143,10 +143,15 @@ def rl_config() -> ml_collections.ConfigDict:
   # gradient either way (`rl.make_policy_update`).
   c.microbatch_rows = 0
   c.max_new_tokens = 32
-  # The BoN selector r: "grader" (exact, BoN-RL-S) or "learned" (the verifier
-  # stage's, or `verifier_ckpt` when set).
+  # The BoN selector r: "grader" (exact, BoN-RL-S), "learned" (the verifier
+  # stage's, or `verifier_ckpt` when set) or "noisy" (the grader plus noise
+  # fixed by the completion's text, calibrated to within-prompt AUC
+  # `verifier_auc`: a verifier of controlled quality,
+  # bon_jax.verifier.noisy_grader_verifier).
   c.verifier = "grader"
   c.verifier_ckpt = ""
+  c.verifier_auc = 0.8
+  c.verifier_noise_seed = 0
   c.log_every = 10
   c.checkpoint_every = 50
   c.keep_checkpoints = 2

@@ -138,6 +138,21 @@ def test_workdir_identity_ignores_memory_settings_and_keeps_the_rest(tmp_path):
     config_lib.prepare_workdir(c, str(tmp_path), fields)
 
 
+def test_fields_added_later_count_at_their_old_defaults(tmp_path):
+  fields = config_lib.IDENTITY_FIELDS + ("rl",)
+  c = _pipeline_config()
+  config_lib.prepare_workdir(c, str(tmp_path), fields)
+  saved = json.load(open(tmp_path / config_lib.CONFIG_FILE))
+  for section, added in config_lib.ADDED_LATER.items():
+    for name in added:
+      del saved[section][name]
+  json.dump(saved, open(tmp_path / config_lib.CONFIG_FILE, "w"))
+  config_lib.prepare_workdir(c, str(tmp_path), fields)  # At the defaults: resumes.
+  c.task.solution_format = "steps"  # Not what the saved run did: refused.
+  with pytest.raises(config_lib.UserError, match="different config.*task.solution_format"):
+    config_lib.prepare_workdir(c, str(tmp_path), fields)
+
+
 @pytest.mark.parametrize(
     "edit,match",
     [

@@ -259,3 +259,27 @@ def test_min_pooling_trains_to_veto_an_error_anywhere(model):
   after = verifier.evaluate_verifier(model, params, held, ks=(1, 4), pooling="min")
   assert before["auc"] < 0.8 and after["auc"] > 0.97, (before, after)
   assert hist[-1]["loss"] < 0.5 * hist[0]["loss"]
+
+
+@pytest.mark.parametrize("target", [0.6, 0.75, 0.9])
+def test_noisy_grader_has_the_target_within_prompt_auc_and_is_a_function_of_the_text(target):
+  class _Task:  # Right iff the text says so.
+    grade = staticmethod(lambda problem, text: text.startswith("right"))
+    answer_key = staticmethod(lambda problem, text: None)
+
+  rng = np.random.default_rng(0)
+  problems = [f"p{i}" for i in range(3000)]
+  texts = [[("right" if rng.random() < 0.4 else "wrong") + f" {j} {rng.integers(1 << 30)}" for j in range(8)]
+           for _ in problems]
+  fn = verifier.noisy_grader_verifier(_Task, target_auc=target, seed=3)
+  scores = fn(problems, texts, None)
+  labels = np.array([[t.startswith("right") for t in g] for g in texts], np.float32)
+  # Mean of ~2700 per-prompt AUCs: standard error < 0.005.
+  assert verifier.within_prompt_auc(scores, labels) == pytest.approx(target, abs=0.015)
+  np.testing.assert_array_equal(fn(problems, texts, None), scores)  # Same texts, same scores.
+  other = verifier.noisy_grader_verifier(_Task, target_auc=target, seed=4)(problems, texts, None)
+  assert not np.allclose(other, scores)
+  exact = verifier.noisy_grader_verifier(_Task, target_auc=1.0)(problems, texts, None)
+  np.testing.assert_array_equal(exact, labels)
+  with pytest.raises(ValueError, match="target AUC"):
+    verifier.noisy_grader_verifier(_Task, target_auc=0.5)
