@@ -62,18 +62,21 @@ def sample_and_grade(
     cfg: ml_collections.ConfigDict,
     rng: jax.Array,
     verifier: Any = None,
+    keep_texts: bool = False,
 ) -> dict[str, np.ndarray]:
   """Samples `cfg.num_samples` completions per problem and grades them.
 
   Returns per-sample arrays of shape [num_problems, n]: `correct` (0/1),
   `answer_id` (equal ids = equal final answers; -1 = no valid answer),
-  `mean_logprob` (mean token log-prob at T=1), `length` (tokens), and
-  `verifier_score` when `verifier` (a `bon_jax.verifier.Verifier`) is given.
+  `mean_logprob` (mean token log-prob at T=1), `length` (tokens),
+  `verifier_score` when `verifier` (a `bon_jax.verifier.Verifier`) is given,
+  and `texts` (the decoded completions, a list of lists) with `keep_texts`,
+  e.g. to score the same samples with other verifiers.
   """
   n = cfg.num_samples
   prompts_all = [task.prompt_text(p) for p in problems]
   prompt_len = int(input_pipeline.encode_prompts(tokenizer, prompts_all).shape[1])
-  correct, answer_id, mean_lp, lengths, vscores = [], [], [], [], []
+  correct, answer_id, mean_lp, lengths, vscores, all_texts = [], [], [], [], [], []
   for start in range(0, len(problems), cfg.prompts_per_batch):
     chunk = problems[start : start + cfg.prompts_per_batch]
     prompts = prompts_all[start : start + cfg.prompts_per_batch]
@@ -107,6 +110,7 @@ def sample_and_grade(
       answer_id.append(row_a)
     if verifier is not None:
       vscores.append(np.asarray(verifier(chunk, texts, toks), np.float32))
+    all_texts += texts
     mean_lp.append(lp)
     lengths.append(lens)
   out = {
@@ -117,6 +121,8 @@ def sample_and_grade(
   }
   if verifier is not None:
     out["verifier_score"] = np.concatenate(vscores)
+  if keep_texts:
+    out["texts"] = all_texts
   return out
 
 
