@@ -11,9 +11,10 @@ Usage::
   python bench/verifier_ablation.py --sft_workdir=/tmp/bon_demo \
       --variants=bce:0:600,rank1:1:600,rank4:4:600 --out=/tmp/verifier_ablation.json
 
-A variant is name:rank_weight:steps[:synthetic] (`config.verifier.rank_weight`,
+A variant is name:rank_weight:steps[:synthetic[:pooling]] (`config.verifier.rank_weight`,
 `.steps`; `synthetic` adds that many groups of task-made answers, see
-`synthetic_data`, from training prompts the policy data does not use);
+`synthetic_data`, from training prompts the policy data does not use;
+`pooling` is `config.verifier.pooling`, default "last");
 the rest of `config.verifier` comes from --config (default configs/countdown_bon.py).
 The SFT workdir is read, never written (it is copied to a temporary directory).
 """
@@ -21,6 +22,7 @@ The SFT workdir is read, never written (it is copied to a temporary directory).
 from __future__ import annotations
 
 import argparse
+import collections
 import importlib.util
 import json
 import os
@@ -51,8 +53,37 @@ def _config(path: str):
   return mod.get_config()
 
 
+def step_error_kind(p, text: str) -> str:
+  """What is wrong with a "steps" completion: the first fault on the way.
+
+  "right"; "malformed" (not a list of ``a op b = c``); "unavailable_number"
+  (a number not given or already used); "false_step" / "false_last_step" (a
+  written result that is not the operation's value); "unused_digits"; or
+  "wrong_value" (a true chain that ends elsewhere than the target).
+  """
+  try:
+    steps = countdown.parse_steps(text)
+  except countdown.ParseError:
+    return "malformed"
+  pool = collections.Counter(p.digits)
+  for i, (a, op, b, c) in enumerate(steps):
+    for x in (a, b):
+      if pool[x] <= 0:
+        return "unavailable_number"
+      pool[x] -= 1
+    if c != {"+": a + b, "-": a - b, "*": a * b}[op]:
+      return "false_last_step" if i == len(steps) - 1 else "false_step"
+    pool[c] += 1
+  left = list(pool.elements())
+  if len(left) != 1:
+    return "unused_digits"
+  return "right" if left[0] == p.target else "wrong_value"
+
+
 def error_kinds(task, problems, texts) -> dict[str, int]:
-  """Counts right answers, missing boxes, wrong digits / syntax and wrong values."""
+  """Counts right answers and the kinds of wrong ones (expression or steps format)."""
+  if problems and getattr(problems[0], "solution_format", "expression") == "steps":
+    return dict(collections.Counter(step_error_kind(p, t) for p, g in zip(problems, texts) for t in g))
   kinds = {"right": 0, "no_box": 0, "wrong_digits_or_syntax": 0, "wrong_value": 0}
   for p, group in zip(problems, texts):
     for t in group:
@@ -146,8 +177,10 @@ def main() -> None:
   print(json.dumps({k: v for k, v in out.items() if k != "variants"}), flush=True)
   ks = [k for k in vc.ks if k <= vc.num_samples]
   for spec in args.variants.split(","):
-    name, rank_weight, steps, *synth = spec.split(":")
-    rank_weight, steps, synth = float(rank_weight), int(steps), int(synth[0]) if synth else 0
+    name, rank_weight, steps, *rest = spec.split(":")
+    synth = int(rest[0]) if rest and rest[0] else 0
+    pooling = rest[1] if len(rest) > 1 else "last"
+    rank_weight, steps = float(rank_weight), int(steps)
     data = tr
     if synth:  # Extra task-made groups from training prompts the policy data does not use.
       extra = train_set[vc.num_prompts : vc.num_prompts + synth]
@@ -164,12 +197,12 @@ def main() -> None:
     params, hist = verifier_lib.train_verifier(
         backbone, params, tokens, labels, steps=steps, batch_size=vc.batch_size,
         learning_rate=vc.learning_rate, weight_decay=vc.weight_decay, warmup_steps=vc.warmup_steps,
-        rank_weight=rank_weight, seed=vc.seed)
+        rank_weight=rank_weight, pooling=pooling, seed=vc.seed)
     seconds = time.perf_counter() - t0
     sub = {k: v[:256] for k, v in tr.items()}
-    res = {"rank_weight": rank_weight, "steps": steps, "synthetic_groups": synth, "train_seconds": seconds,
-           "held_out": verifier_lib.evaluate_verifier(backbone, params, held, ks=ks, batch_size=32),
-           "train": verifier_lib.evaluate_verifier(backbone, params, sub, ks=ks, batch_size=32),
+    ev = lambda d: verifier_lib.evaluate_verifier(backbone, params, d, ks=ks, batch_size=32, pooling=pooling)
+    res = {"rank_weight": rank_weight, "steps": steps, "synthetic_groups": synth, "pooling": pooling,
+           "train_seconds": seconds, "held_out": ev(held), "train": ev(sub),
            "last50": {k: float(np.mean([h[k] for h in hist[-50:]])) for k in hist[-1]} if hist else {}}
     out["variants"][name] = res
     h, t = res["held_out"], res["train"]

@@ -23,7 +23,7 @@ NOT_IDENTITY = {"rl": ("microbatch_rows",)}
 # Fields added after runs were saved without them: a saved run counts them at
 # these defaults (their values then), so it still resumes.
 ADDED_LATER = {
-    "task": {"solution_format": "expression"},
+    "task": {"solution_format": "expression", "num_digits_weights": None},
     "rl": {"verifier_auc": 0.8, "verifier_noise_seed": 0},
 }
 CONFIG_FILE = "config.json"

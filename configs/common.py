@@ -24,6 +24,7 @@ def base_config() -> ml_collections.ConfigDict:
   # target range, and a target's draw weight num_solutions ** target_weighting
   # (0: every reachable target alike; > 0: more puzzles with many answers).
   c.task.num_digits = (3, 4, 5)
+  c.task.num_digits_weights = ml_collections.config_dict.placeholder(tuple)  # None = uniform
   c.task.target_range = (10, 99)
   c.task.target_weighting = 0.0
   # Countdown completions: "expression" (one boxed expression) or "steps"

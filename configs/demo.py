@@ -37,6 +37,7 @@ def get_config():
   # Puzzles drawn with weight num_solutions ** 2.5: mostly prompts with several
   # valid answers (where Best-of-N pays), still spread over levels 1-5.
   config.task.target_weighting = 2.5
+  config.task.solution_format = "steps"
 
   # Gemma-2 architecture at the size of the prototype (~0.5M
   # parameters): ~4 SFT steps/s on 2 cores, so 2000 steps fit the budget.
@@ -53,6 +54,7 @@ def get_config():
   config.verifier.num_prompts = 512
   config.verifier.num_samples = 8
   config.verifier.learning_rate = 3e-4
+  config.verifier.max_new_tokens = 40
 
   config.algorithms = ("rloo", "bon_rlb_p", "bon_rl_v")
   config.rl.N_prime = 8
@@ -61,9 +63,11 @@ def get_config():
   config.rl.steps = 60
   config.rl.learning_rate = 5e-4
   config.rl.checkpoint_every = 20
+  config.rl.max_new_tokens = 40
   config.rl_overrides.bon_rl_v = dict(verifier="learned")
 
   config.eval.num_prompts = 256
   config.eval.num_samples = 32
   config.eval.temperature = 1.0
+  config.eval.max_new_tokens = 40
   return config
