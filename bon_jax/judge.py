@@ -682,14 +682,16 @@ def judge_many(
     limits: sandbox.Limits = sandbox.Limits(),
     workers: int | None = None,
 ) -> list[Verdict]:
-  """Judges every job, `workers` at a time (default: CPUs), in order.
+  """Judges every job, `workers` at a time (default: 2 per CPU), in order.
 
   `limits` apply to the candidate process (`sandbox.Limits`; ``wall_s`` is
   the whole job's wall clock, ``output_bytes`` is unused: the program's
   output is discarded, as the reference HumanEval harness does). The zygotes
   stay warm for later calls.
   """
-  workers = workers or os.cpu_count() or 1
+  # Twice the CPUs: a job spends part of its time waiting on the kernel
+  # (namespace set-up, pipes), so one worker per CPU leaves CPUs idle.
+  workers = workers or min(2 * (os.cpu_count() or 1), 16)
   if not 1 <= workers <= sandbox._MAX_SLOTS:  # pylint: disable=protected-access
     raise ValueError(f"workers must be in [1, {sandbox._MAX_SLOTS}], got {workers}")  # pylint: disable=protected-access
   mode = sandbox.isolation()
