@@ -46,6 +46,10 @@ Example::
   assert result.status == "ok" and result.stdout == "2\\n"
   results = sandbox.run_many(programs, limits=sandbox.Limits(wall_s=3.0))
 
+An exit status is no verdict on untrusted code: a program can exit 0 before
+its tests run. To grade generated functions (HumanEval) use `bon_jax.judge`,
+which runs the tests in a trusted process under this isolation.
+
 Known gap: memory is limited per process (RLIMIT_AS); a program that forks
 can hold up to ``max_procs * memory_bytes`` of address space in total (plus
 ``tmp_bytes`` of tmpfs) until the wall-clock kill.
