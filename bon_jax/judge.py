@@ -34,15 +34,32 @@ processes never hold test text), and cannot return objects that pretend to be
 equal to anything (only plain data crosses the pipe). The candidate learns the
 arguments of each call and nothing else of the test.
 
-Known limits: the candidate is called in its own process, so a test that
-relies on the candidate mutating its arguments in place, on identity (``is``
-between an argument and the result, other than for None/True/False), or on
-the candidate returning a function, generator or other non-plain object is
-graded as a failure; a candidate may keep state between the calls of one job
-(as it could in-process); the candidate can see the arguments, which are the
-tests' inputs. In ``"user"`` isolation (not root) the candidate runs under the
-caller's uid and could reach the checker's file descriptors through /proc:
-verdicts there are not forgery-proof (a warning is logged).
+Known limits, all failing closed (an honest program can fail, never a
+dishonest one pass):
+
+* the candidate is called in its own process, so a test that relies on the
+  candidate mutating its arguments in place, on identity (``is``) between an
+  argument and the result (None/True/False are fine), or on the candidate
+  returning a function, generator or other non-plain object grades it as a
+  failure; an exception of the candidate reaches the test as a
+  `CandidateError` (a BaseException), not as its own type. HumanEval's 164
+  tests do none of these (the canonical solutions pass 164/164);
+* the program's stdout/stderr are discarded (as the reference harness does);
+  the verdict's ``detail`` carries the traceback of what went wrong;
+* the candidate may keep state between the calls of one job (as in-process),
+  and sees each call's arguments, i.e. the tests' inputs;
+* ``helpers`` and ``test`` are trusted (they run unsandboxed in the checker);
+  answers are plain data, but a test could still do unbounded work on them
+  (the wall clock ends it as a timeout).
+
+Isolation modes (`sandbox.isolation()`): with ``"namespaces"`` every job has
+its own /tmp, IPC and PID namespace, and all jobs of a zygote share one
+network namespace without a usable interface, so nothing passes from one
+sample to the next. With ``"uid"`` the verdict is as safe, but /tmp is shared
+between jobs, so a sample could leave code for a later one. With ``"user"``
+(not root) the candidate keeps the caller's uid and could reach the checker's
+file descriptors through /proc: verdicts are not forgery-proof (a warning is
+logged).
 
 Speed: ``workers`` pre-started zygote interpreters (stdlib only, common
 modules imported) fork one checker per job, which forks the candidate; no
@@ -286,6 +303,7 @@ def candidate_setup(job, req_fd, resp_fd, err_fd, workdir):
     os.setgid(uid)
     os.setuid(uid)
   check(libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl")
+  os.setpgid(0, 0)  # its own group: the checker kills it whole at the end
   os.chdir(workdir)
   os.environ.clear()
   os.environ.update({"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": workdir,
@@ -334,8 +352,12 @@ def checker_main(job, prog_fd, test_fd, verdict_fd, workdir):
     if pid is not None:
       # Reaping PID 1 of the candidate's namespace waits until every process
       # in it is gone, so the next job starts clean.
+      for kill in (os.killpg, os.kill):
+        try:
+          kill(pid, signal.SIGKILL)
+        except OSError:
+          pass
       try:
-        os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
       except ChildProcessError:
         pass
@@ -636,10 +658,13 @@ class _Pool:
     self._stack = contextlib.ExitStack()
     self._zygotes: list[_Zygote] = []
 
-  def _start(self) -> _Zygote:
+  def _start(self, replaces: _Zygote | None = None) -> _Zygote:
     mode = sandbox.isolation()
     uid = None
-    if mode != "user":
+    if replaces is not None:
+      uid = replaces.uid  # its slot, so crashes never use up the uids
+      self._zygotes.remove(replaces)
+    elif mode != "user":
       uid = self._stack.enter_context(sandbox._SLOTS.uid())  # pylint: disable=protected-access
     z = _Zygote(uid, mode == "namespaces")
     self._zygotes.append(z)
@@ -666,8 +691,10 @@ class _Pool:
     finally:
       if broken:  # a zygote in an unknown state is replaced
         z.proc.kill()
+        z.proc.wait()
+        z.sock.close()
         with self._lock:
-          z = self._start()
+          z = self._start(replaces=z)
       self._idle.put(z)
 
   def close(self):
@@ -713,11 +740,15 @@ def judge_many(
                     " reach the checker: verdicts are not forgery-proof")
 
   def one(job: Job) -> Verdict:
-    with _POOL.zygote(workers) as z:
+    for attempt in range(2):  # a zygote that died is replaced, the job rerun
       try:
-        status, detail, calls, wall = z.run(job, limits, mode == "namespaces")
+        with _POOL.zygote(workers) as z:
+          status, detail, calls, wall = z.run(job, limits, mode == "namespaces")
+        break
       except (OSError, RuntimeError, ValueError) as e:
-        raise RuntimeError(f"judge failed: {e}") from e
+        if attempt:
+          raise RuntimeError(f"judge failed: {e}") from e
+        logging.warning("judge: zygote failed (%s); retrying on a new one", e)
     if status == "setup":
       raise RuntimeError(f"judge setup failed: {detail}")
     return Verdict(status=status, detail=detail, calls=calls, wall_s=wall)
