@@ -384,6 +384,8 @@ def checker_main(job, prog_fd, test_fd, verdict_fd, workdir):
     finally:
       os._exit(126)
   pid = child
+  # Answers are bounded (MAX_MESSAGE), and so is what decoding them may take.
+  resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
   os.close(req_r)
   os.close(resp_w)
   os.close(err_w)
@@ -682,6 +684,10 @@ class _Pool:
         z = self._start()
     if z is None:
       z = self._idle.get()
+    if z.proc.poll() is not None:  # died while idle (e.g. killed): replace it
+      z.sock.close()
+      with self._lock:
+        z = self._start(replaces=z)
     broken = False
     try:
       yield z

@@ -200,6 +200,7 @@ HOSTILE = [
         return False
     """)),
     ("huge_answer", _body("return 'x' * (40 << 20)")),
+    ("wide_answer_under_the_cap", _body("return [0] * 1_000_000")),
     ("deeply_nested_answer", _body("""
         x = []
         for _ in range(100000):
@@ -315,6 +316,7 @@ EXPECTED = {
     "close_every_fd": "error",
     "malformed_answers": "error",
     "huge_answer": "error",
+    "wide_answer_under_the_cap": "failed",
     "deeply_nested_answer": "error",
     "read_test_from_memory_and_files": "failed",
     "ptrace_anything": "failed",
