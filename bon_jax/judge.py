@@ -275,26 +275,28 @@ def tail(text):
 
 def candidate_main(job, req_fd, resp_fd, err_fd, workdir):
   try:
-    candidate_setup(job, req_fd, resp_fd, err_fd, workdir)
+    # Only the two call pipes survive, as fds 3 and 4 (and the setup-error
+    # pipe, 5, until setup is done): the memfds (the test), the zygote's
+    # socket and the checker's verdict pipe are closed.
+    fds = [fcntl.fcntl(fd, fcntl.F_DUPFD, 64) for fd in (req_fd, resp_fd, err_fd)]
+    null = os.open("/dev/null", os.O_RDWR)
+    for new, fd in zip((0, 1, 2, 3, 4, 5), [null] * 3 + fds):
+      os.dup2(fd, new)
+    os.closerange(6, 1 << 20)
+  except BaseException as e:
+    os.write(err_fd, ("%s: %s" % (type(e).__name__, e)).encode())
+    os._exit(126)
+  try:
+    candidate_setup(job, workdir)
   except BaseException as e:
     os.write(5, ("%s: %s" % (type(e).__name__, e)).encode())
     os._exit(126)
   os.close(5)  # setup done: EOF on the checker's setup-error pipe
   candidate_run(job)
 
-def candidate_setup(job, req_fd, resp_fd, err_fd, workdir):
+def candidate_setup(job, workdir):
   if job["namespaces"]:  # PID 1 of the new PID namespace: its own /proc
     mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-  null = os.open("/dev/null", os.O_RDWR)
-  for fd in (0, 1, 2):
-    os.dup2(null, fd)
-  # Only the two call pipes survive, as fds 3 and 4 (and the setup-error
-  # pipe, 5, until setup is done): the memfds (the test), the zygote's socket
-  # and the checker's verdict pipe are closed.
-  fds = [fcntl.fcntl(fd, fcntl.F_DUPFD, 64) for fd in (req_fd, resp_fd, err_fd)]
-  for new, fd in zip((3, 4, 5), fds):
-    os.dup2(fd, new)
-  os.closerange(6, 1 << 20)
   for name, soft, hard in job["rlimits"]:
     resource.setrlimit(getattr(resource, name), (soft, hard))
   uid = job["uid"]
@@ -396,9 +398,16 @@ def checker_main(job, prog_fd, test_fd, verdict_fd, workdir):
   os.close(test_fd)
 
   def ended():
-    # The candidate closed its pipe: how did it end?
+    # The candidate's answer pipe closed: how did it end? (If it lives on
+    # without the pipe, `verdict` kills it.)
     nonlocal pid
-    _, st = os.waitpid(pid, 0)
+    for _ in range(50):
+      got, st = os.waitpid(pid, os.WNOHANG)
+      if got:
+        break
+      time.sleep(0.002)
+    else:
+      return "error", "the program closed its answer pipe"
     pid = None
     if os.WIFSIGNALED(st):
       return "killed", "killed by signal %d" % os.WTERMSIG(st)

@@ -193,6 +193,11 @@ HOSTILE = [
             os.write(4, struct.pack(">I", len(b)) + b)
     """)),
     ("close_every_fd", _body("import os\nos.closerange(0, 1 << 16)\nreturn True")),
+    ("close_answer_pipe_and_live_on", _body("""
+        import os, time
+        os.close(4)
+        time.sleep(60)
+    """)),
     ("malformed_answers", _body("""
         import os
         os.write(4, b"\\x00\\x00\\x00\\x08[\\"ok\\", 1]")
@@ -314,6 +319,7 @@ EXPECTED = {
     "forged_verdicts_via_proc_fd": "failed",
     "pre_answered_pipe": "failed",
     "close_every_fd": "error",
+    "close_answer_pipe_and_live_on": "error",
     "malformed_answers": "error",
     "huge_answer": "error",
     "wide_answer_under_the_cap": "failed",
