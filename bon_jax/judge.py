@@ -749,6 +749,8 @@ def judge_many(
   if not 1 <= workers <= sandbox._MAX_SLOTS:  # pylint: disable=protected-access
     raise ValueError(f"workers must be in [1, {sandbox._MAX_SLOTS}], got {workers}")  # pylint: disable=protected-access
   mode = sandbox.isolation()
+  if mode == "uid":
+    sandbox._check_interpreter_readable()  # pylint: disable=protected-access
   if mode == "user" and not _WARNED:
     _WARNED.append(True)
     logging.warning("judge: not root, so the program keeps this uid and could"

@@ -342,6 +342,10 @@ EXPECTED = {
     "network_connect": "error",
     "disk_fill": "error",
 }
+# Without a PID namespace a program can kill itself (it is not PID 1 there)
+# and the network is the host's: these end otherwise, but never as a pass.
+NAMESPACE_DEPENDENT = {"kill_self_sigkill", "kill_self_sigterm",
+                       "kill_parent_and_group", "network_connect"}
 
 
 @pytest.fixture(scope="module")
@@ -363,7 +367,8 @@ def test_hostile_completion_fails_and_the_next_one_passes(problem, name, complet
       [problem], [[completion, problem["canonical_solution"]]],
       limits=FAST, workers=1)[0]
   assert not hostile.passed, hostile
-  assert hostile.status == EXPECTED[name], hostile
+  if name not in NAMESPACE_DEPENDENT or sandbox.isolation() == "namespaces":
+    assert hostile.status == EXPECTED[name], hostile
   assert canonical.passed, canonical
 
 
