@@ -29,10 +29,14 @@ as a failure), cannot patch builtins, ``AssertionError``, ``check`` or the
 helpers (they live in the checker), cannot reach the checker (another uid,
 another PID namespace, no shared file descriptors but the two call pipes),
 cannot read the test (the checker reads it only after the candidate is
-forked, from a file descriptor the candidate closes first; the parent
-processes never hold test text), and cannot return objects that pretend to be
+forked, from a file descriptor the candidate closes first, and the zygote the
+candidate is forked from never reads any job, so its memory holds neither
+tests nor other samples' code), and cannot return objects that pretend to be
 equal to anything (only plain data crosses the pipe). The candidate learns the
-arguments of each call and nothing else of the test.
+arguments of each call and nothing else of the test. Values cross exactly
+(floats by their hex form, ints of any size, tuple vs list, bool vs int), so
+honest code is judged as in-process: comparisons and floating-point
+tolerances behave as in the reference harness.
 
 Known limits, all failing closed (an honest program can fail, never a
 dishonest one pass):
