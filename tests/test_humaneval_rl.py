@@ -99,3 +99,20 @@ def test_rl_rewards_are_the_batch_verdicts_and_hostile_completions_earn_zero(mon
                                [[registry.truncate_completion(t) for t in g] for g in texts])
     np.testing.assert_array_equal(rewards, [[float(r.passed) for r in g] for g in again])
     assert metrics["reward_mean"] == pytest.approx(float(rewards.mean()))
+
+
+def test_training_grades_through_grade_batch_when_the_task_has_it():
+  class Task:  # Per-sample grading would raise: only the batch path may run.
+
+    def grade(self, problem, completion):
+      raise AssertionError("graded one by one")
+
+    def grade_batch(self, problems, completions):
+      return np.asarray([[len(c) % 2 for c in g] for g in completions], np.float32)
+
+    def answer_key(self, problem, completion):
+      return completion[:1]
+
+  labels, answers = verifier_lib.grade_completions(Task(), [0, 1], [["a", "bb", "c"], ["ddd", "ee", "dx"]])
+  np.testing.assert_array_equal(labels, [[1, 0, 1], [1, 0, 0]])
+  np.testing.assert_array_equal(answers, [[0, 1, 2], [0, 1, 0]])
