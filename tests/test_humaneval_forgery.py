@@ -159,6 +159,20 @@ HOSTILE = [
             f = f.f_back
         return False
     """)),
+    ("trace_and_profile_hooks", _body("""
+        import os, sys, threading
+        hook = lambda frame, event, arg: os._exit(0) if event == "return" else hook
+        sys.settrace(hook)
+        sys.setprofile(hook)
+        threading.settrace(hook)
+        return False
+    """)),
+    ("exit_from_gc_callback", _body("""
+        import gc, os
+        gc.callbacks.append(lambda *a: os._exit(0))
+        gc.collect()
+        return False
+    """)),
     ("forged_verdicts_on_every_fd", _body("""
         import json, os, struct
         for status in ("passed", "ok", "ready"):
@@ -315,6 +329,8 @@ EXPECTED = {
     "patch_builtins_everywhere": "error",
     "patch_harness_module": "error",
     "patch_callers_frames": "failed",
+    "trace_and_profile_hooks": "error",
+    "exit_from_gc_callback": "error",
     "forged_verdicts_on_every_fd": "error",
     "forged_verdicts_via_proc_fd": "failed",
     "pre_answered_pipe": "failed",
