@@ -99,11 +99,15 @@ def sample_and_grade(
     lp = np.asarray(out.logprobs_t1)[: len(chunk)].sum(-1) / np.maximum(lens, 1)
     texts = [[tokenizer.decode(toks[b, i, : lens[b, i]].tolist()) for i in range(n)]
              for b in range(len(chunk))]
+    # A task with `grade_batch` (HumanEval) grades the chunk's samples together.
+    batch = getattr(task, "grade_batch", None)
+    chunk_c = (np.asarray(batch(chunk, texts), np.float32).reshape(len(chunk), n)
+               if batch is not None else None)
     for b, problem in enumerate(chunk):
       keys: dict[str, int] = {}
       row_c, row_a = [], []
-      for text in texts[b]:
-        row_c.append(float(task.grade(problem, text)))
+      for i, text in enumerate(texts[b]):
+        row_c.append(float(chunk_c[b, i] if batch is not None else task.grade(problem, text)))
         key = task.answer_key(problem, text)
         row_a.append(-1 if key is None else keys.setdefault(key, len(keys)))
       correct.append(row_c)

@@ -46,6 +46,10 @@ Example::
   assert result.status == "ok" and result.stdout == "2\\n"
   results = sandbox.run_many(programs, limits=sandbox.Limits(wall_s=3.0))
 
+An exit status is no verdict on untrusted code: a program can exit 0 before
+its tests run. To grade generated functions (HumanEval) use `bon_jax.judge`,
+which runs the tests in a trusted process under this isolation.
+
 Known gap: memory is limited per process (RLIMIT_AS); a program that forks
 can hold up to ``max_procs * memory_bytes`` of address space in total (plus
 ``tmp_bytes`` of tmpfs) until the wall-clock kill.
@@ -142,20 +146,9 @@ class RunResult:
   truncated: bool = False
 
 
-# The launcher runs as `python -I -S -B -c _LAUNCHER <json config>`, as the
-# caller's user, single-threaded (so no preexec_fn in our threaded process).
-# It reads the program from stdin, sets up isolation, forks the program and
-# writes "RUN", then "EXIT <code>" or "SIGNAL <n>" (or "ERR <why>" when setup
-# failed) to the status pipe, which the program never inherits: a program
-# cannot fake a sandbox failure.
-_LAUNCHER = r"""
+# Isolation helpers shared by the launcher and `bon_jax.judge`'s zygote.
+_ISOLATION_SRC = r"""
 import ctypes, json, os, resource, signal, sys
-cfg = json.loads(sys.argv[1])
-status_fd = cfg["status_fd"]
-os.set_inheritable(status_fd, False)
-
-def report(msg):
-  os.write(status_fd, (msg + "\n").encode())
 
 CLONE_NEWNS, CLONE_NEWIPC = 0x00020000, 0x08000000
 CLONE_NEWPID, CLONE_NEWNET = 0x20000000, 0x40000000
@@ -211,6 +204,21 @@ def isolate(prefix, tmp_bytes):
   os.close(prefix_fd)
   os.mkdir("/tmp/work", 0o700)
   return "/tmp/work"
+"""
+
+# The launcher runs as `python -I -S -B -c _LAUNCHER <json config>`, as the
+# caller's user, single-threaded (so no preexec_fn in our threaded process).
+# It reads the program from stdin, sets up isolation, forks the program and
+# writes "RUN", then "EXIT <code>" or "SIGNAL <n>" (or "ERR <why>" when setup
+# failed) to the status pipe, which the program never inherits: a program
+# cannot fake a sandbox failure.
+_LAUNCHER = _ISOLATION_SRC + r"""
+cfg = json.loads(sys.argv[1])
+status_fd = cfg["status_fd"]
+os.set_inheritable(status_fd, False)
+
+def report(msg):
+  os.write(status_fd, (msg + "\n").encode())
 
 # SIGTERM (from the caller), SIGALRM (a backstop wall clock) and the caller's
 # death all kill the program; the launcher then reaps it, so no zombie is left

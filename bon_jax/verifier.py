@@ -406,11 +406,19 @@ def decode_completions(tokenizer: Any, completions: np.ndarray) -> list[list[str
 
 
 def grade_completions(task: Any, problems: Sequence[Any], texts: Sequence[Sequence[str]]):
-  """float32[B, N] grades and int32[B, N] answer-class ids (-1 = no answer)."""
+  """float32[B, N] grades and int32[B, N] answer-class ids (-1 = no answer).
+
+  A task with ``grade_batch`` (e.g. HumanEval: programs judged in parallel)
+  grades all B x N completions in one call.
+  """
   labels, answers = [], []
+  batch = getattr(task, "grade_batch", None)
+  if batch is not None:
+    labels = np.asarray(batch(problems, texts), np.float32).reshape(len(problems), -1)
   for problem, group in zip(problems, texts, strict=True):
     keys: dict[str, int] = {}
-    labels.append([float(task.grade(problem, t)) for t in group])
+    if batch is None:
+      labels.append([float(task.grade(problem, t)) for t in group])
     row = []
     for t in group:
       key = task.answer_key(problem, t)

