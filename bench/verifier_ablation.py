@@ -111,6 +111,11 @@ def synthetic_data(tokenizer, task, problems, rng: np.random.Generator, *, num_s
   comps = np.zeros((len(problems), num_samples, max_new_tokens), np.int32)
   labels = np.zeros((len(problems), num_samples), np.float32)
   for i, p in enumerate(problems):
+    if p.solution_format == "steps":  # The task's own examples: right chains and false last steps.
+      for j, (text, label) in enumerate(countdown.verifier_examples(p, rng, num_samples)):
+        ids = [*tokenizer.encode(text), models.EOS_ID][:max_new_tokens]
+        comps[i, j, : len(ids)], labels[i, j] = ids, label
+      continue
     reach = [v for v in countdown.target_stats(p.digits) if v != p.target]
     near = [v for v in reach if abs(v - p.target) <= 10] or reach
     for j in range(num_samples):
@@ -141,6 +146,7 @@ def main() -> None:
   ap.add_argument("--variants", default="bce:0:600,rank1:1:600,rank4:4:600")
   ap.add_argument("--num_prompts", type=int, default=None, help="override config.verifier.num_prompts")
   ap.add_argument("--holdout_prompts", type=int, default=None)
+  ap.add_argument("--learning_rate", type=float, default=None, help="override config.verifier.learning_rate")
   ap.add_argument("--out", default="/tmp/verifier_ablation.json")
   args = ap.parse_args()
   if not os.path.exists(os.path.join(args.sft_workdir, "config.json")):
@@ -152,6 +158,8 @@ def main() -> None:
     vc.num_prompts = args.num_prompts
   if args.holdout_prompts:
     vc.holdout_prompts = args.holdout_prompts
+  if args.learning_rate:
+    vc.learning_rate = args.learning_rate
   tok, task = train.load_tokenizer(cfg), train.make_task(cfg)
   train_set, test_set = train.make_task_splits(cfg.task)
   model = train.make_policy(cfg, tok)

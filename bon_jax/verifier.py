@@ -399,6 +399,44 @@ def make_verifier_data(
   return {k: np.concatenate(v) for k, v in out.items()}
 
 
+def task_made_data(
+    *, tokenizer: Any, task: Any, problems: Sequence[Any], num_samples: int, max_new_tokens: int,
+    rng: np.random.Generator,
+) -> dict[str, np.ndarray]:
+  """Graded answers made by the task (``task.verifier_examples``), not sampled.
+
+  Same layout as `make_verifier_data` (tokens [P, N, L], labels [P, N]); for
+  step-format Countdown, right chains and false last steps (the policy's
+  commonest error), so that the verifier sees the check that separates them
+  on prompts the policy data does not cover.
+
+  Raises:
+    ValueError: if the task makes no examples for these problems.
+  """
+  comps = np.zeros((len(problems), num_samples, max_new_tokens), np.int32)
+  labels = np.zeros((len(problems), num_samples), np.float32)
+  make = getattr(task, "verifier_examples", None)
+  for i, problem in enumerate(problems):
+    examples = make(problem, rng, num_samples) if make is not None else []
+    if len(examples) != num_samples:
+      raise ValueError("this task makes no verifier examples (task.verifier_examples);"
+                       " set config.verifier.synthetic_prompts = 0")
+    for j, (text, label) in enumerate(examples):
+      ids = [*tokenizer.encode(text), models.EOS_ID][:max_new_tokens]
+      comps[i, j, : len(ids)], labels[i, j] = ids, label
+  prompts = input_pipeline.encode_prompts(tokenizer, [task.prompt_text(p) for p in problems])
+  tokens, _ = join_prompt_completion(jnp.asarray(prompts), jnp.asarray(comps))
+  return {"tokens": np.asarray(tokens), "labels": labels}
+
+
+def concat_groups(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """Stacks the tokens and labels of two grouped data sets, right-padding to one length."""
+  length = max(a["tokens"].shape[-1], b["tokens"].shape[-1])
+  pad = lambda t: np.pad(t, ((0, 0), (0, 0), (0, length - t.shape[-1])), constant_values=models.PAD_ID)
+  return {"tokens": np.concatenate([pad(a["tokens"]), pad(b["tokens"])]),
+          "labels": np.concatenate([a["labels"], b["labels"]])}
+
+
 def decode_completions(tokenizer: Any, completions: np.ndarray) -> list[list[str]]:
   """Texts of int[B, N, T] completions (up to EOS), as B lists of N strings."""
   completions = np.asarray(completions)
@@ -602,10 +640,11 @@ def run_verifier_stage(
   """
   if cfg.init not in ("policy", "random"):
     raise ValueError(f"verifier init must be 'policy' or 'random', got {cfg.init!r}")
-  if len(train_problems) < cfg.num_prompts or len(test_problems) < cfg.holdout_prompts:
+  synthetic = int(cfg.get("synthetic_prompts", 0))
+  if len(train_problems) < cfg.num_prompts + synthetic or len(test_problems) < cfg.holdout_prompts:
     raise ValueError(
-        f"the verifier stage needs {cfg.num_prompts} train and {cfg.holdout_prompts} held-out problems,"
-        f" got {len(train_problems)} and {len(test_problems)}")
+        f"the verifier stage needs {cfg.num_prompts} (+ {synthetic} synthetic_prompts) train and"
+        f" {cfg.holdout_prompts} held-out problems, got {len(train_problems)} and {len(test_problems)}")
   ks = [k for k in cfg.ks if k <= cfg.num_samples]
   key = jax.random.key(cfg.seed)
   data_kw = dict(tokenizer=tokenizer, task=task, num_samples=cfg.num_samples,
@@ -619,6 +658,11 @@ def run_verifier_stage(
                          backbone=policy_params if cfg.init == "policy" else None)
   rank_weight = float(cfg.get("rank_weight", 0.0))
   pooling = cfg.get("pooling", "last")
+  if synthetic:  # Task-made groups from the training prompts after the sampled ones.
+    train_data = concat_groups(train_data, task_made_data(
+        tokenizer=tokenizer, task=task, problems=train_problems[cfg.num_prompts : cfg.num_prompts + synthetic],
+        num_samples=cfg.num_samples, max_new_tokens=cfg.max_new_tokens,
+        rng=np.random.default_rng([cfg.seed, 3])))
   tokens, labels = train_data["tokens"], train_data["labels"]
   if not rank_weight:  # BCE alone: independent sequences make more varied minibatches.
     tokens, labels = tokens.reshape(-1, tokens.shape[-1]), labels.reshape(-1)
@@ -628,7 +672,7 @@ def run_verifier_stage(
       weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps, rank_weight=rank_weight,
       pooling=pooling, seed=cfg.seed)
   report = evaluate_verifier(model, params, held, ks=ks, batch_size=cfg.prompts_per_batch, pooling=pooling)
-  report["label_mean"] = float(train_data["labels"].mean())
+  report["label_mean"] = float(train_data["labels"][: cfg.num_prompts].mean())
   report["final_loss"] = history[-1]["loss"] if history else float("nan")
   if out_dir is not None:
     save_verifier(os.path.join(out_dir, "verifier"), params)

@@ -187,6 +187,10 @@ def verifier_config() -> ml_collections.ConfigDict:
   # How the head reads the sequence (bon_jax.verifier.POOLINGS): "last" token,
   # or a soft "min" over every position (an error anywhere vetoes the answer).
   c.pooling = "last"
+  # Extra training groups made by the task instead of sampled (task.verifier_examples:
+  # for step-format Countdown, right chains and false last steps), from this many
+  # training prompts after the `num_prompts` sampled ones. 0 = none.
+  c.synthetic_prompts = 0
   c.seed = 0
   c.ks = (1, 2, 4, 8)
   c.prompts_per_batch = 32  # Sampling and scoring chunk (one compiled shape each).

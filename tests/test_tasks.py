@@ -444,3 +444,20 @@ def test_steps_splits_keep_the_puzzles_and_every_sft_target_grades():
 def test_unknown_solution_format_is_a_value_error():
   with pytest.raises(ValueError, match="solution_format"):
     countdown.make_splits(seed=0, num_train=1, num_test=1, solution_format="prose")
+
+
+def test_verifier_examples_are_right_chains_and_false_last_steps():
+  rng = np.random.default_rng(0)
+  train, _ = countdown.make_splits(seed=5, num_train=60, num_test=0, solution_format="steps")
+  for p in train:
+    examples = countdown.verifier_examples(p, rng, 6)
+    assert [label for _, label in examples] == [1.0, 0.0] * 3
+    for text, label in examples:
+      assert countdown.grade(p, text) == bool(label), (p.id, text)
+      steps = countdown.parse_steps(text)
+      assert steps[-1][3] == p.target  # Both claim the target at the end...
+      if not label:  # ...the wrong ones through a false last step after true ones.
+        assert all(c == {"+": a + b, "-": a - b, "*": a * b}[op] for a, op, b, c in steps[:-1])
+        a, op, b, c = steps[-1]
+        assert c != {"+": a + b, "-": a - b, "*": a * b}[op]
+  assert countdown.verifier_examples(countdown.make_problem((3, 4, 7, 9), 60), rng, 4) == []

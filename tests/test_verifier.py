@@ -283,3 +283,23 @@ def test_noisy_grader_has_the_target_within_prompt_auc_and_is_a_function_of_the_
   np.testing.assert_array_equal(exact, labels)
   with pytest.raises(ValueError, match="target AUC"):
     verifier.noisy_grader_verifier(_Task, target_auc=0.5)
+
+
+def test_task_made_data_packs_labelled_examples_like_sampled_data():
+  from bon_jax import tokenizer as tokenizer_lib
+  from bon_jax.tasks import countdown
+
+  tok = tokenizer_lib.task_tokenizer()
+  train, _ = countdown.make_splits(seed=1, num_train=5, num_test=0, solution_format="steps")
+  data = verifier.task_made_data(tokenizer=tok, task=countdown, problems=train, num_samples=4,
+                                 max_new_tokens=40, rng=np.random.default_rng(0))
+  assert data["tokens"].shape[:2] == (5, 4) and data["labels"].tolist() == [[1.0, 0.0, 1.0, 0.0]] * 5
+  for p, group, labels in zip(train, data["tokens"], data["labels"]):
+    for seq, label in zip(group, labels):
+      text = tok.decode(seq.tolist())  # [BOS] prompt completion, up to EOS.
+      assert text.startswith(countdown.prompt_text(p))
+      assert countdown.grade(p, text[len(countdown.prompt_text(p)):]) == bool(label)
+  with pytest.raises(ValueError, match="verifier_examples"):
+    expr = countdown.make_splits(seed=1, num_train=2, num_test=0)[0]
+    verifier.task_made_data(tokenizer=tok, task=countdown, problems=expr, num_samples=2, max_new_tokens=8,
+                            rng=np.random.default_rng(0))

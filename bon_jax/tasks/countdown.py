@@ -777,18 +777,56 @@ def steps_value(text: str, digits: tuple[int, ...]) -> int | None:
   return left[0] if len(left) == 1 else None
 
 
-def sample_steps(digits, target: int, rng: np.random.Generator, tries: int = 16) -> str:
-  """A step solution: a `sample_form` draw written as `steps_of` its tree.
+def sample_steps_form(digits, target: int, rng: np.random.Generator, tries: int = 16) -> str:
+  """A `sample_form` draw whose `steps_of` have no negative intermediate.
 
-  Draws up to `tries` forms and keeps the first whose steps have no negative
-  intermediate (the last draw if none has), so SFT data stays in the
-  natural numbers wherever the puzzle allows.
+  Draws up to `tries` forms and keeps the first such one (the last draw if
+  none is), so step solutions stay in the natural numbers wherever the
+  puzzle allows.
   """
   for _ in range(tries):
-    steps = steps_of(parse(sample_form(digits, target, rng)))
-    if all(c >= 0 for *_, c in steps):
+    form = sample_form(digits, target, rng)
+    if all(c >= 0 for *_, c in steps_of(parse(form))):
       break
-  return format_steps(steps)
+  return form
+
+
+def sample_steps(digits, target: int, rng: np.random.Generator) -> str:
+  """A step solution: a `sample_steps_form` draw written as `steps_of` its tree."""
+  return format_steps(steps_of(parse(sample_steps_form(digits, target, rng))))
+
+
+def false_last_step(digits, target: int, rng: np.random.Generator) -> str | None:
+  """A step solution whose last written result is `target` but whose last step is false.
+
+  The commonest error of a step-format policy that cannot reach the target:
+  a true chain over the digits to some other reachable value, with its last
+  result rewritten as the target (``4+7=11, 11*9=99, 99-3=60``). None when
+  the digits reach no other value.
+  """
+  others = [v for v in target_stats(digits) if v != target and v >= 0]
+  if not others:
+    return None
+  value = int(rng.choice(others))
+  steps = steps_of(parse(sample_steps_form(digits, value, rng)))
+  a, op, b, _ = steps[-1]
+  return format_steps(steps[:-1] + [(a, op, b, target)])
+
+
+def verifier_examples(problem: "Problem", rng: np.random.Generator, num: int) -> list[tuple[str, float]]:
+  """`num` task-made (completion, label) pairs to train a verifier on `problem`.
+
+  "steps" countdown: alternately a right answer (`sample_steps`, label 1) and
+  a `false_last_step` (label 0), so that a verifier sees, for every prompt,
+  the exact check that separates them. Other problems: none (an empty list).
+  """
+  if problem.family != "countdown" or problem.solution_format != "steps":
+    return []
+  out = []
+  for i in range(num):
+    wrong = false_last_step(problem.digits, problem.target, rng) if i % 2 else None
+    out.append((wrong, 0.0) if wrong else (sample_steps(problem.digits, problem.target, rng), 1.0))
+  return out
 
 
 # ---------------------------------------------------------------------------
