@@ -15,7 +15,8 @@ Importing this module registers three builders with TFDS (they then appear in
 
 Each record holds readable columns (`id`, `problem`, `level`, `prompt`, ...)
 and `record`, the problem object as JSON; `problems(...)` turns records back
-into exactly the objects the trainers use (`registry.load_splits`). Records
+into exactly the objects the trainers use: the pipeline reads its task through
+these builders (`registry.load_splits(cfg, tfds_dir=<workdir>/tfds)`). Records
 keep the generator's order (no TFDS shuffling). They are written as TFRecord
 (TFDS's default, what `tfds.load` reads); `tfds.data_source` needs them as
 ArrayRecord, prepared with ``builder_kwargs={"file_format": "array_record"}``
@@ -122,15 +123,31 @@ class CountdownConfig(tfds.core.BuilderConfig):
 def countdown_config(task: Mapping[str, Any], name: str | None = None) -> CountdownConfig:
   """The builder config of a `config.task` (its `make_splits` options; `name` ignored).
 
-  Its name is a digest of the options, so every task setting has its own
-  config (and files); `name` overrides it.
+  Its name is a digest of the options and of the generator's code, so every
+  task setting (and generator version) has its own config and files; `name`
+  overrides it.
   """
   options = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dict(task).items()
              if k != "name"}
   options_json = json.dumps(options, sort_keys=True)
-  digest = hashlib.sha1(options_json.encode()).hexdigest()[:12]
+  digest = hashlib.sha1((options_json + _generator_digest()).encode()).hexdigest()[:12]
   return CountdownConfig(name=name or f"options_{digest}", options_json=options_json,
                          description=f"countdown.make_splits(**{options_json})")
+
+
+@functools.cache
+def _generator_digest() -> str:
+  """A digest of the task generator's code: a changed generator gets new config names.
+
+  So data prepared by an older bon_jax is never read as the current task's.
+  """
+  from bon_jax.tasks import arith  # pylint: disable=g-import-not-at-top
+
+  h = hashlib.sha1()
+  for module in (countdown, arith):
+    with open(module.__file__, "rb") as f:
+      h.update(f.read())
+  return h.hexdigest()
 
 
 def _demo_task() -> dict[str, Any]:
@@ -150,7 +167,8 @@ class BonCountdown(tfds.core.GeneratorBasedBuilder):
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Records of countdown.make_splits, prompt_text, sft_targets."}
-  BUILDER_CONFIGS = [countdown_config(_demo_task(), name="demo")]
+  # The default (first) config: the demo's task.
+  BUILDER_CONFIGS = [countdown_config(_demo_task())]
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
@@ -187,8 +205,9 @@ class BonHendrycksMath(tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager):
     root = os.fspath(dl_manager.manual_dir)
+    # A MATH-500 style run keeps its test set elsewhere (config.task.test_path).
     return {split: self._generate_examples(os.path.join(root, split))
-            for split in ("train", "test")}
+            for split in ("train", "test") if os.path.isdir(os.path.join(root, split))}
 
   def _generate_examples(self, path):
     # load_math logs each bad file (path and reason) on one line and skips it.
@@ -219,3 +238,32 @@ class BonHumaneval(tfds.core.GeneratorBasedBuilder):
                                entry_point=d["entry_point"],
                                canonical_solution=d["canonical_solution"])
       yield i, _example(p, p.prompt, p.canonical_solution)
+
+
+# ----------------------------------------------------------------------------
+# What the trainers read (`registry.load_splits(..., tfds_dir=...)`).
+
+
+def _load(builder: tfds.core.DatasetBuilder, split: str, manual_dir: str | None = None) -> list[Any]:
+  tfds.display_progress_bar(False)
+  download_config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
+  builder.download_and_prepare(download_config=download_config)
+  return problems(tfds.as_numpy(builder.as_dataset(split=split)), builder.name)
+
+
+def countdown_splits(task: Mapping[str, Any], data_dir: str) -> tuple[list[Any], list[Any]]:
+  """(train, test) of the embedded task with `task`'s options, through `bon_countdown`."""
+  cfg = countdown_config(task)
+  _countdown_splits(cfg.options_json)  # Bad options raise make_splits' own ValueError here.
+  builder = BonCountdown(config=cfg, data_dir=data_dir)
+  return _load(builder, "train"), _load(builder, "test")
+
+
+def math_split(math_dir: str, split: str, data_dir: str) -> list[Any]:
+  """One split of the MATH folder `math_dir`, through `bon_hendrycks_math`."""
+  return _load(BonHendrycksMath(data_dir=data_dir), split, manual_dir=math_dir)
+
+
+def humaneval_problems(data_dir: str) -> list[Any]:
+  """The 164 HumanEval problems (task order), through `bon_humaneval`."""
+  return _load(BonHumaneval(data_dir=data_dir), "test")

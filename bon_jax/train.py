@@ -125,10 +125,15 @@ def load_tokenizer(config: ml_collections.ConfigDict) -> Any:
     raise config_lib.UserError(str(e)) from None
 
 
-def make_task_splits(cfg: ml_collections.ConfigDict) -> tuple[list[Any], list[Any]]:
-  """Train and test problems of `config.task` (a bad option is a `UserError`)."""
+def make_task_splits(cfg: ml_collections.ConfigDict,
+                     tfds_dir: str | None = None) -> tuple[list[Any], list[Any]]:
+  """Train and test problems of `config.task` (a bad option is a `UserError`).
+
+  `tfds_dir`: read through the task's tensorflow-datasets builder, prepared
+  there (`bon_jax.tfds_builders`); the pipeline uses ``<workdir>/tfds``.
+  """
   try:
-    return registry.load_splits(cfg)
+    return registry.load_splits(cfg, tfds_dir=tfds_dir)
   except (TypeError, ValueError, FileNotFoundError) as e:
     raise config_lib.UserError(f"config.task: {e}") from None
 
@@ -346,6 +351,10 @@ def train_sft(
 BASE = "base"  # The SFT policy in the pipeline's results and tables.
 
 
+# The workdir's tensorflow-datasets data dir: the task's records the stages read.
+TFDS_DIR = "tfds"
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """The whole job, resuming every stage from `workdir`.
 
@@ -369,7 +378,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   tok = load_tokenizer(config)  # Before the workdir: a bad tokenizer leaves nothing behind.
   config_lib.prepare_workdir(config, workdir)
   task = make_task(config)
-  train_set, test_set = make_task_splits(config.task)
+  train_set, test_set = make_task_splits(config.task, os.path.join(workdir, TFDS_DIR))
   model = make_policy(config, tok)
   state = train_sft(config, workdir, model=model, tokenizer=tok, train_set=train_set, task=task)
   base_params, final = state.params, config.train.steps

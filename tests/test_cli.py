@@ -92,6 +92,7 @@ def finished_workdir(tmp_path_factory):
   proc = _run(*_TINY, f"--workdir={wd}")
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert {"2", "4"} <= set(os.listdir(wd / "checkpoints"))
+  assert (wd / "tfds" / "bon_countdown").is_dir()  # The stages read the task through TFDS.
   return wd
 
 

@@ -11,6 +11,7 @@ from bon_jax import train
 from bon_jax.tasks import countdown
 from bon_jax.tasks import hendrycks_math
 from bon_jax.tasks import humaneval
+from bon_jax.tasks import registry
 from configs import demo
 
 
@@ -71,3 +72,34 @@ def test_humaneval_from_the_installed_package(tmp_path):
   assert [p.as_dict() for p in got] == [
       {k: d[k] for k in ("task_id", "prompt", "test", "entry_point", "canonical_solution")}
       for d in humaneval.load_humaneval()]
+
+
+def _math_folder(root, bad=None):
+  good = {"problem": "What is $1+1$?", "level": "Level 1", "type": "Algebra",
+          "solution": r"It is $\boxed{2}$."}
+  for split in ("train", "test"):
+    for n, (level, subject) in enumerate([("Level 1", "Algebra"), ("Level 3", "Geometry"),
+                                          ("Level ?", "Algebra"), ("Level 3", "Algebra")]):
+      path = root / split / subject.lower() / f"{n}.json"
+      path.parent.mkdir(parents=True, exist_ok=True)
+      path.write_text(json.dumps({**good, "level": level, "type": subject, "problem": f"{split} {n}"}))
+
+
+@pytest.mark.parametrize("name", ["countdown", "hendrycks_math", "humaneval"])
+def test_trainers_read_through_tfds_the_same_problems(tmp_path, name):
+  from configs import humaneval_pass16, math_bon32  # pylint: disable=g-import-not-at-top
+
+  config = {"countdown": demo, "hendrycks_math": math_bon32, "humaneval": humaneval_pass16}[name].get_config()
+  if name == "countdown":
+    config.task.num_train, config.task.num_test = 50, 10
+  if name == "hendrycks_math":
+    _math_folder(tmp_path / "MATH")
+    config.task.data_dir, config.task.levels, config.task.subjects = str(tmp_path / "MATH"), (3,), ("algebra",)
+  if name == "humaneval":
+    config.task.seed, config.task.num_test = 3, 20
+  direct = registry.load_splits(config.task)
+  via_tfds = train.make_task_splits(config.task, str(tmp_path / "tfds"))
+  assert via_tfds == direct and len(direct[1]) > 0
+  assert any((tmp_path / "tfds").iterdir())
+  if name == "hendrycks_math":
+    assert [p.problem for p in direct[1]] == ["test 3"]
