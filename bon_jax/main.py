@@ -166,7 +166,12 @@ def main(argv):
     sharding.initialize_distributed(_CONFIG.value)
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except config_lib.UserError as e:
-    _fail(str(e))
+    print(f"error: {e}", file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # No interpreter shutdown: after a failed Orbax restore its background
+    # threads and futures would still log tracebacks under the one line.
+    os._exit(2)  # pylint: disable=protected-access
 
 
 if __name__ == "__main__":

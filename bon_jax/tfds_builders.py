@@ -46,6 +46,7 @@ import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from absl import logging
 import numpy as np
 import tensorflow_datasets as tfds
 
@@ -255,7 +256,12 @@ def countdown_splits(task: Mapping[str, Any], data_dir: str) -> tuple[list[Any],
   """(train, test) of the embedded task with `task`'s options, through `bon_countdown`."""
   cfg = countdown_config(task)
   _countdown_splits(cfg.options_json)  # Bad options raise make_splits' own ValueError here.
-  builder = BonCountdown(config=cfg, data_dir=data_dir)
+  verbosity = logging.get_verbosity()
+  logging.set_verbosity(logging.ERROR)  # Not "Using custom data configuration" on every run.
+  try:
+    builder = BonCountdown(config=cfg, data_dir=data_dir)
+  finally:
+    logging.set_verbosity(verbosity)
   return _load(builder, "train"), _load(builder, "test")
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging as pylogging
 import os
 import re
 import time
@@ -236,6 +237,9 @@ def _unreadable_checkpoint(
     mngr: ocp.CheckpointManager, step: int, error: Exception, abstract: Any
 ) -> config_lib.UserError:
   """The one-line error for a checkpoint that does not restore."""
+  # Orbax's read futures of the failed restore fail again when collected, each
+  # logging its error through asyncio: the one line below says it all.
+  pylogging.getLogger("asyncio").setLevel(pylogging.CRITICAL)
   step_dir = os.path.join(str(mngr.directory), str(step))
   culprit = None
   for name in _CHECKPOINT_JSON:  # A damaged metadata file is named by trying it.
