@@ -80,12 +80,15 @@ class _IdTokenizer:
 
   FORBIDDEN_TOKENS = ()
   VERSION = 0
+  # gemma 4's sampler reads these; FORMAT only formats dialog prompts (ours are text).
+  FORMAT = None
 
   def __init__(self, never: int):
     self._never = never
     # A class, as gemma hashes it into a static jit argument.
     self.special_tokens = type("SpecialTokens", (), dict(
-        PAD=models.PAD_ID, BOS=models.BOS_ID, EOS=never, END_OF_TURN=never
+        PAD=models.PAD_ID, BOS=models.BOS_ID, EOS=never, END_OF_TURN=never,
+        BEGIN_OF_TOOL_RESPONSE=never,
     ))
 
   def encode(self, text, *, add_bos: bool = False, **unused_kw):

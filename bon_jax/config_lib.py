@@ -175,7 +175,13 @@ def prepare_workdir(
   """
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise UserError(f"--workdir={workdir} exists and is not a directory")
-  os.makedirs(workdir, exist_ok=True)
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    raise UserError(f"--workdir={workdir} cannot be created ({e.strerror or e});"
+                    " choose a directory you can write to") from None
+  if not os.access(workdir, os.W_OK | os.X_OK):
+    raise UserError(f"--workdir={workdir} is not writable; choose a directory you can write to")
   path = os.path.join(workdir, CONFIG_FILE)
   if os.path.exists(path):
     try:

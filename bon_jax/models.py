@@ -43,9 +43,8 @@ import jax
 import jax.numpy as jnp
 from gemma import gm
 from gemma import peft
-from gemma.gm.nn import _config as gemma_config
-from gemma.gm.nn import _modules as gemma_modules
-from gemma.peft import _einsum_utils as gemma_einsum_utils
+
+from bon_jax import gemma_internals
 
 Params = Any
 
@@ -53,8 +52,8 @@ PAD_ID = 0
 EOS_ID = 1
 BOS_ID = 2
 
-_LOCAL = gemma_modules.AttentionType.LOCAL_SLIDING
-_GLOBAL = gemma_modules.AttentionType.GLOBAL
+_LOCAL = gemma_internals.LOCAL_SLIDING
+_GLOBAL = gemma_internals.GLOBAL
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -137,7 +136,7 @@ PRESETS: dict[str, Preset] = {
 
 def transformer_config(
     preset: str, vocab_size: int | None = None
-) -> gemma_config.TransformerConfig:
+) -> gemma_internals.TransformerConfig:
   """Returns the gemma `TransformerConfig` of a preset (Gemma 2 features on)."""
   if preset not in PRESETS:
     raise ValueError(
@@ -152,7 +151,7 @@ def transformer_config(
         f"preset {preset!r} has a {p.vocab_size}-token vocabulary but the"
         f" tokenizer has {vocab_size}; use the Gemma 2 tokenizer"
     )
-  return gemma_config.TransformerConfig(
+  return gemma_internals.TransformerConfig(
       num_embed=vocab,
       embed_dim=p.embed_dim,
       hidden_dim=p.hidden_dim,
@@ -160,7 +159,7 @@ def transformer_config(
       head_dim=p.head_dim,
       num_kv_heads=p.num_kv_heads,
       final_logit_softcap=30.0,
-      attention_types=gemma_config.make_attention_layers_types(
+      attention_types=gemma_internals.make_attention_layers_types(
           (_LOCAL, _GLOBAL), num_layers=p.num_layers
       ),
       use_post_attn_norm=True,
@@ -273,7 +272,7 @@ def merge_lora(model: gm.nn.LoRA, params: Params) -> Params:
       if eqn is None or weight not in tree:
         raise ValueError(f"no known einsum for the LoRA adapter {name}/{key}")
       w, a, b = tree[weight], sub["lora"]["a"], sub["lora"]["b"]
-      lora_eqn, _, _ = gemma_einsum_utils.get_lora_einsum_str_and_shapes(
+      lora_eqn, _, _ = gemma_internals.get_lora_einsum_str_and_shapes(
           einsum_str=eqn, weights_shape=w.shape, rank=a.shape[-1])
       a_str, b_str = lora_eqn.split("->")[0].split(",")[1:]
       w_str = eqn.split("->")[0].split(",")[1]

@@ -587,11 +587,11 @@ def train_rl(
   rl = config.rl
   validate_rl_config(rl)
   # The starting point (the SFT run) and the rl settings are part of what a checkpoint is.
+  tok = train.load_tokenizer(config)  # Before the workdir: a bad tokenizer leaves nothing behind.
   config_lib.prepare_workdir(config, workdir, config_lib.IDENTITY_FIELDS + ("train", "rl"))
   task = task or train.make_task(config)
-  tok = train.load_tokenizer(config)
   if problems is None:
-    problems, _ = train.make_task_splits(config.task)
+    problems, _ = train.make_task_splits(config.task, os.path.join(workdir, train.TFDS_DIR))
   model = train.make_policy(config, tok)
   ref_params = init_params if init_params is not None else train.initial_params(config, model)
   # The state is donated at every update: give it its own buffers.

@@ -44,9 +44,8 @@ import flax
 import jax
 import jax.numpy as jnp
 from gemma import gm
-from gemma.gm.math import _positional_embeddings as gemma_rope
-from gemma.gm.nn import _modules as gemma_modules
 
+from bon_jax import gemma_internals
 from bon_jax import models
 from bon_jax import sharding
 
@@ -399,7 +398,7 @@ def _decode_step(
 
 
 def _shared_prompt_attention(
-    attn: gemma_modules.Attention,
+    attn: gemma_internals.Attention,
     w: dict[str, jax.Array],
     x: jax.Array,
     step: jax.Array,
@@ -436,11 +435,11 @@ def _shared_prompt_attention(
     q = (x @ w["q"]).reshape(r, 1, -1, hd)
     k, v = (x @ w["kv"]).reshape(r, 2, 1, kh, hd).transpose(1, 0, 2, 3, 4)
   if attn.use_qk_norm:
-    q = attn._query_norm(q)  # pylint: disable=protected-access
-    k = attn._key_norm(k)  # pylint: disable=protected-access
+    q = gemma_internals.query_norm(attn)(q)
+    k = gemma_internals.key_norm(attn)(k)
   pos = jnp.repeat(prompt_len, n)[:, None] + step  # [R, 1]
   rope = functools.partial(
-      gemma_rope.apply_rope,
+      gemma_internals.apply_rope,
       positions=pos,
       base_frequency=attn.rope_base_frequency,
       scale_factor=attn.rope_scale_factor,
@@ -469,7 +468,7 @@ def _shared_prompt_attention(
   j, u = jnp.arange(p), jnp.arange(s)
   prompt_mask = j[None, :] < prompt_len[:, None]  # [B, P]
   suffix_mask = u <= step  # [S]
-  if attn.attn_type == gemma_modules.AttentionType.LOCAL_SLIDING:
+  if attn.attn_type == gemma_internals.LOCAL_SLIDING:
     window = attn.sliding_window_size
     prompt_mask &= j[None, :] > (prompt_len + step - window)[:, None]
     suffix_mask &= u > step - window
@@ -477,7 +476,7 @@ def _shared_prompt_attention(
       [prompt_mask, jnp.broadcast_to(suffix_mask, (b, s))], axis=-1
   )[:, None, None, None, :]
   probs = jax.nn.softmax(
-      jnp.where(mask, logits, gemma_modules.K_MASK), axis=-1
+      jnp.where(mask, logits, gemma_internals.K_MASK), axis=-1
   ).astype(pv.dtype)
   enc = jnp.einsum("BKNGP,BKPH->BNKGH", probs[..., :p], pv) + jnp.einsum(
       "BKNGS,BNKSH->BNKGH", probs[..., p:], sv5

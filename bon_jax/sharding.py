@@ -76,7 +76,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
-from jax.sharding import AbstractMesh, Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AbstractMesh, AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
@@ -124,6 +124,11 @@ def resolve_mesh_shape(shape: Sequence[int], num_devices: int) -> tuple[int, int
   return tuple(int(s) for s in shape)
 
 
+# Sharding is propagated by XLA from the constraints bon_jax places (jax >= 0.8
+# makes new meshes `Explicit`, which `with_sharding_constraint` rejects).
+_AUTO = (AxisType.Auto,) * len(AXES)
+
+
 def make_mesh(shape: Sequence[int], devices: Sequence[Any] | None = None) -> Mesh:
   """A (data, fsdp, tensor) `Mesh` over `devices` (default: all, every process).
 
@@ -132,7 +137,7 @@ def make_mesh(shape: Sequence[int], devices: Sequence[Any] | None = None) -> Mes
   """
   devices = list(jax.devices() if devices is None else devices)
   shape = resolve_mesh_shape(shape, len(devices))
-  return jax.make_mesh(shape, AXES, devices=devices)
+  return jax.make_mesh(shape, AXES, axis_types=_AUTO, devices=devices)
 
 
 def mesh_from_config(config: Any, devices: Sequence[Any] | None = None) -> Mesh:
@@ -162,7 +167,7 @@ def abstract_mesh(shape: Sequence[int]) -> AbstractMesh:
   shape = tuple(int(s) for s in shape)
   if len(shape) != len(AXES) or any(s < 1 for s in shape):
     raise ValueError(f"an abstract mesh needs 3 positive sizes (data, fsdp, tensor), got {shape}")
-  return AbstractMesh(shape, AXES)
+  return AbstractMesh(shape, AXES, axis_types=_AUTO)
 
 
 def _axis_sizes(mesh_shape: MeshShape) -> dict[str, int] | None:

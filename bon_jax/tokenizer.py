@@ -46,7 +46,11 @@ class Tokenizer:
   _sp: spm.SentencePieceProcessor = dataclasses.field(init=False, repr=False)
 
   def __post_init__(self):
-    sp = spm.SentencePieceProcessor(model_proto=self.model_proto)
+    try:
+      sp = spm.SentencePieceProcessor(model_proto=self.model_proto)
+    except RuntimeError as e:  # sentencepiece's C++ parse error, several lines.
+      reason = str(e).strip().splitlines()[-1][:200] if str(e).strip() else "unparsable"
+      raise ValueError(f"not a SentencePiece model ({reason})") from None
     ids = (sp.pad_id(), sp.eos_id(), sp.bos_id())
     if ids != (PAD_ID, EOS_ID, BOS_ID):
       raise ValueError(
@@ -146,7 +150,8 @@ def load_tokenizer(path: str, *, field: str = "tokenizer.path") -> Tokenizer:
   Raises:
     FileNotFoundError: a one-line message naming what to download and the
       config field to set, when `path` does not exist.
-    ValueError: if the model's pad/eos/bos ids are not 0/1/2.
+    ValueError: if the file is not a SentencePiece model or its pad/eos/bos
+      ids are not 0/1/2 (one line naming the file).
   """
   if not path or not os.path.isfile(path):
     raise FileNotFoundError(
@@ -155,7 +160,12 @@ def load_tokenizer(path: str, *, field: str = "tokenizer.path") -> Tokenizer:
         f" --config.{field}=/path/to/tokenizer.model"
     )
   with open(path, "rb") as f:
-    return Tokenizer(f.read())
+    proto = f.read()
+  try:
+    return Tokenizer(proto)
+  except ValueError as e:
+    raise ValueError(f"tokenizer {path!r}: {e}; set --config.{field} to a SentencePiece"
+                     " .model file (e.g. Gemma 2's tokenizer.model)") from None
 
 
 def rebuild_task_tokenizer() -> Tokenizer:

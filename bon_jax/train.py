@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging as pylogging
 import os
 import re
 import time
@@ -121,14 +122,19 @@ def load_tokenizer(config: ml_collections.ConfigDict) -> Any:
     return tokenizer_lib.task_tokenizer()
   try:
     return tokenizer_lib.load_tokenizer(config.tokenizer.path)
-  except FileNotFoundError as e:
+  except (FileNotFoundError, ValueError) as e:
     raise config_lib.UserError(str(e)) from None
 
 
-def make_task_splits(cfg: ml_collections.ConfigDict) -> tuple[list[Any], list[Any]]:
-  """Train and test problems of `config.task` (a bad option is a `UserError`)."""
+def make_task_splits(cfg: ml_collections.ConfigDict,
+                     tfds_dir: str | None = None) -> tuple[list[Any], list[Any]]:
+  """Train and test problems of `config.task` (a bad option is a `UserError`).
+
+  `tfds_dir`: read through the task's tensorflow-datasets builder, prepared
+  there (`bon_jax.tfds_builders`); the pipeline uses ``<workdir>/tfds``.
+  """
   try:
-    return registry.load_splits(cfg)
+    return registry.load_splits(cfg, tfds_dir=tfds_dir)
   except (TypeError, ValueError, FileNotFoundError) as e:
     raise config_lib.UserError(f"config.task: {e}") from None
 
@@ -195,22 +201,82 @@ def restore_or_init(
   """The latest checkpoint, or `state` when there is none.
 
   A checkpoint whose shapes differ from `state` (another model) is a one-line
-  `UserError`, checked from metadata before anything is restored.
+  `UserError`, checked from metadata before anything is restored. So is one
+  that cannot be read (corrupted on disk): it names the step and file, and
+  whether an earlier checkpoint restores and how to resume from it; nothing in
+  the workdir is changed.
   """
   step = mngr.latest_step()
   if step is None:
     return state
-  meta = mngr.item_metadata(step)
-  saved = jax.tree.map(lambda m: tuple(m.shape), meta["params"])
+  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+  try:
+    meta = mngr.item_metadata(step)
+    saved = jax.tree.map(lambda m: tuple(m.shape), meta["params"])
+  except Exception as e:  # pylint: disable=broad-except  (Orbax raises many kinds)
+    raise _unreadable_checkpoint(mngr, step, e, abstract) from None
   want = jax.tree.map(lambda x: tuple(x.shape), state.params)
   if jax.tree.structure(saved) != jax.tree.structure(want) or jax.tree.leaves(saved) != jax.tree.leaves(want):
     raise config_lib.UserError(
         f"checkpoint {mngr.directory}/{step} holds parameters of another model shape;"
         " use a new --workdir or the config that wrote it"
     )
-  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
   logging.info("Resuming from checkpoint step %d", step)
-  return mngr.restore(step, args=ocp.args.StandardRestore(abstract))
+  try:
+    return mngr.restore(step, args=ocp.args.StandardRestore(abstract))
+  except Exception as e:  # pylint: disable=broad-except
+    raise _unreadable_checkpoint(mngr, step, e, abstract) from None
+
+
+# Orbax's JSON metadata files of a step, relative to its directory.
+_CHECKPOINT_JSON = ("_CHECKPOINT_METADATA", "default/_METADATA", "default/_sharding",
+                    "default/array_metadatas/process_0")
+
+
+def _unreadable_checkpoint(
+    mngr: ocp.CheckpointManager, step: int, error: Exception, abstract: Any
+) -> config_lib.UserError:
+  """The one-line error for a checkpoint that does not restore."""
+  # Orbax's read futures of the failed restore fail again when collected, each
+  # logging its error through asyncio: the one line below says it all.
+  pylogging.getLogger("asyncio").setLevel(pylogging.CRITICAL)
+  step_dir = os.path.join(str(mngr.directory), str(step))
+  culprit = None
+  for name in _CHECKPOINT_JSON:  # A damaged metadata file is named by trying it.
+    path = os.path.join(step_dir, name)
+    try:
+      with open(path) as f:
+        json.load(f)
+    except FileNotFoundError:
+      continue
+    except (OSError, ValueError):
+      culprit = path
+      break
+  causes, e = [], error
+  while e is not None and len(causes) < 8:
+    causes.append(e)
+    e = e.__cause__
+  if culprit is None:  # Tensorstore names the array and its database.
+    for e in causes:
+      if m := re.search(r'reading "([^"]+)" in \S+ database at local file "([^"]+)"', str(e)):
+        culprit = f"{m.group(2).rstrip('/')} (array {m.group(1)})"
+        break
+  root = causes[-1]
+  reason = f"{type(root).__name__}: {' '.join(str(root).split())[:160]}"
+  what = f"checkpoint step {step} ({culprit or step_dir}) cannot be read: {reason}."
+  aside = os.path.join(os.path.dirname(str(mngr.directory)), f"corrupt_checkpoint_{step}")
+  move = f"mv {step_dir} {aside}"
+  for earlier in sorted((s for s in mngr.all_steps() if s < step), reverse=True):
+    try:
+      mngr.restore(earlier, args=ocp.args.StandardRestore(abstract))
+    except Exception:  # pylint: disable=broad-except
+      continue
+    return config_lib.UserError(
+        f"{what} Step {earlier} is intact: move the bad one aside ({move}) and rerun the"
+        f" same command to resume from step {earlier}. Nothing was changed.")
+  return config_lib.UserError(
+      f"{what} No earlier checkpoint of this stage is intact: move it aside ({move}) and"
+      " rerun to start the stage over, or use a new --workdir. Nothing was changed.")
 
 
 def train_sft(
@@ -289,6 +355,10 @@ def train_sft(
 BASE = "base"  # The SFT policy in the pipeline's results and tables.
 
 
+# The workdir's tensorflow-datasets data dir: the task's records the stages read.
+TFDS_DIR = "tfds"
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """The whole job, resuming every stage from `workdir`.
 
@@ -309,10 +379,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   from bon_jax import verifier as verifier_lib  # pylint: disable=g-import-not-at-top
 
   config_lib.validate(config)
+  tok = load_tokenizer(config)  # Before the workdir: a bad tokenizer leaves nothing behind.
   config_lib.prepare_workdir(config, workdir)
-  tok = load_tokenizer(config)
   task = make_task(config)
-  train_set, test_set = make_task_splits(config.task)
+  train_set, test_set = make_task_splits(config.task, os.path.join(workdir, TFDS_DIR))
   model = make_policy(config, tok)
   state = train_sft(config, workdir, model=model, tokenizer=tok, train_set=train_set, task=task)
   base_params, final = state.params, config.train.steps

@@ -3,29 +3,70 @@ import os
 
 import nbformat as nbf
 
+# Where bon_jax is published: the Colab link and the notebook's install cell use it.
+REPO = os.environ.get("BON_JAX_REPO", "bon-jax/bon_jax")
+COLAB_URL = f"https://colab.research.google.com/github/{REPO}/blob/main/notebooks/bon_quickstart.ipynb"
+
 cells = []
 md = lambda s: cells.append(nbf.v4.new_markdown_cell(s.strip()))
 code = lambda s: cells.append(nbf.v4.new_code_cell(s.strip()))
 
-md("""
+md(f"""
 # bon_jax quickstart: Best-of-N math and inference-aware fine-tuning
+
+[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]({COLAB_URL})
 
 This notebook (1) shows the Best-of-N (BoN) math of `bon_jax.bon` on a toy
 distribution where everything is exact, and (2) loads the workdir of the embedded
 demo pipeline (`python -m bon_jax.main --config=configs/demo.py --workdir=...`) and
 plots pass@k / Bo-k per fine-tuning algorithm.
 
+**On Colab** (Python 3.12+, any runtime: CPU, GPU or TPU) run the cells in order:
+the first installs bon_jax with the versions of `constraints.txt` and the jax
+extra of the runtime's accelerator (a few minutes; it may restart the runtime
+once, then run it again). Where bon_jax is already installed (a local checkout,
+CI) it does nothing.
+
 Set `WORKDIR` to a finished demo workdir. Left empty, the notebook runs a *very*
 short pipeline (micro model, a few steps: the numbers are meaningless, the plumbing
 is real) into a temporary directory.
 """)
+code(f"""
+# Install bon_jax where it is missing (Colab); a no-op where it is installed.
+import importlib.metadata, importlib.util, os, shutil, subprocess, sys
+
+REPO = "{REPO}"
+if importlib.util.find_spec("bon_jax") is not None:
+  print("bon_jax", importlib.metadata.version("bon_jax"), "is installed; nothing to install")
+else:
+  if shutil.which("nvidia-smi") and subprocess.run(["nvidia-smi"], capture_output=True).returncode == 0:
+    extra = "[cuda12]"
+  elif os.environ.get("COLAB_TPU_ADDR") or os.environ.get("TPU_NAME") or os.path.exists("/dev/accel0") or os.path.exists("/dev/vfio/0"):
+    extra = "[tpu]"
+  else:
+    extra = ""
+  before = {{m: sys.modules[m].__version__ for m in ("numpy", "jax") if m in sys.modules}}
+  subprocess.run([sys.executable, "-m", "pip", "install", "-q",
+                  "-c", f"https://raw.githubusercontent.com/{{REPO}}/main/constraints.txt",
+                  f"bon_jax{{extra}} @ git+https://github.com/{{REPO}}"], check=True)
+  print("installed bon_jax" + extra)
+  if any(importlib.metadata.version(m) != v for m, v in before.items()):
+    # Packages already imported in this process were replaced: restart the runtime.
+    print("restarting the runtime to load the new versions; then run the notebook again")
+    os.kill(os.getpid(), 9)
+""")
 code("""
 import os, json, tempfile
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import jax
 import numpy as np
 import matplotlib.pyplot as plt
 from bon_jax import bon
+
+# Which accelerator this runtime has: the pipeline below runs on it.
+devices = jax.devices()
+kind = {"gpu": "GPU", "tpu": "TPU"}.get(devices[0].platform, "no accelerator (CPU only)")
+print(f"JAX {jax.__version__} on {kind}: {len(devices)} x {devices[0].device_kind}")
 
 WORKDIR = os.environ.get("BON_WORKDIR", "")  # e.g. "/tmp/bon_demo"
 """)
@@ -133,5 +174,6 @@ axes[0].legend(); plt.tight_layout(); plt.show()
 """)
 
 nb = nbf.v4.new_notebook(cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3"},
-                                                "language_info": {"name": "python"}})
+                                                "language_info": {"name": "python"},
+                                                "colab": {"provenance": []}})
 nbf.write(nb, os.path.join(os.path.dirname(os.path.abspath(__file__)), "bon_quickstart.ipynb"))

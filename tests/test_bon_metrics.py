@@ -5,11 +5,15 @@ import math
 
 import hypothesis
 import hypothesis.extra.numpy as hnp
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from hypothesis import strategies as st
-from jax.experimental import enable_x64
+try:
+  from jax.experimental import enable_x64  # jax 0.7
+except ImportError:  # jax >= 0.8: the config state is the context manager.
+  enable_x64 = lambda: jax.enable_x64(True)
 
 from bon_jax import bon
 

@@ -10,9 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from gemma import gm
-from gemma.gm.nn import _config as gemma_config
-from gemma.gm.nn import _modules as gemma_modules
 
+from bon_jax import gemma_internals
 from bon_jax import models
 from bon_jax import sampling
 
@@ -28,7 +27,7 @@ for _row, _len in enumerate((3, 7, 12)):
 
 @functools.lru_cache(maxsize=None)
 def _model_and_params():
-  config = gemma_config.TransformerConfig(
+  config = gemma_internals.TransformerConfig(
       num_embed=VOCAB,
       embed_dim=32,
       hidden_dim=64,
@@ -37,8 +36,8 @@ def _model_and_params():
       num_kv_heads=2,
       final_logit_softcap=30.0,
       attention_types=(
-          gemma_modules.AttentionType.LOCAL_SLIDING,
-          gemma_modules.AttentionType.GLOBAL,
+          gemma_internals.LOCAL_SLIDING,
+          gemma_internals.GLOBAL,
       ),
       use_post_attn_norm=True,
       use_post_ffw_norm=True,

@@ -195,30 +195,59 @@ def make_task(cfg: ml_collections.ConfigDict) -> Any:
   raise ValueError(f"config.task.name={cfg.name!r} is unknown; choose one of {NAMES}")
 
 
-def load_splits(cfg: ml_collections.ConfigDict) -> tuple[list[Any], list[Any]]:
+def load_splits(cfg: ml_collections.ConfigDict, *,
+                tfds_dir: str | None = None) -> tuple[list[Any], list[Any]]:
   """(train, test) problems of ``config.task``.
 
   hendrycks_math: ``<data_dir>/train`` and ``<data_dir>/test`` (or
   ``test_path``, e.g. a MATH-500 .jsonl), filtered by ``levels`` and
   ``subjects`` (empty = all). humaneval: the 164 problems in a fixed random
   order (``seed``); the first ``num_test`` are the test split, the rest train.
+
+  `tfds_dir`: read the problems through the tensorflow-datasets builders of
+  `bon_jax.tfds_builders`, prepared in that data dir (the same problems; the
+  trainers do this, in their workdir).
   """
+  if tfds_dir is not None:
+    from bon_jax import tfds_builders  # pylint: disable=g-import-not-at-top  (it imports us)
   if cfg.name == "countdown":
     options = {k: v for k, v in cfg.to_dict().items() if k != "name"}
     options = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
+    if tfds_dir is not None:
+      return tfds_builders.countdown_splits(options, tfds_dir)
     return countdown.make_splits(**options)
   if cfg.name == "hendrycks_math":
     kw = dict(levels=tuple(cfg.levels) or hendrycks_math.LEVELS,
               subjects=tuple(cfg.subjects) or None)
-    test_path = cfg.test_path or os.path.join(cfg.data_dir, "test")
-    return (hendrycks_math.load_math(os.path.join(cfg.data_dir, "train"), **kw),
-            hendrycks_math.load_math(test_path, **kw))
+    if tfds_dir is None or cfg.test_path:
+      test = hendrycks_math.load_math(cfg.test_path or os.path.join(cfg.data_dir, "test"), **kw)
+    else:
+      test = _filter_math(tfds_builders.math_split(cfg.data_dir, "test", tfds_dir), **kw)
+    if tfds_dir is None:
+      train = hendrycks_math.load_math(os.path.join(cfg.data_dir, "train"), **kw)
+    else:
+      train = _filter_math(tfds_builders.math_split(cfg.data_dir, "train", tfds_dir), **kw)
+    return train, test
   if cfg.name == "humaneval":
-    problems = [CodeProblem(id=p["task_id"], prompt=p["prompt"], test=p["test"],
-                            entry_point=p["entry_point"],
-                            canonical_solution=p["canonical_solution"])
-                for p in humaneval.load_humaneval()]
+    if tfds_dir is not None:
+      problems = tfds_builders.humaneval_problems(tfds_dir)
+    else:
+      problems = [CodeProblem(id=p["task_id"], prompt=p["prompt"], test=p["test"],
+                              entry_point=p["entry_point"],
+                              canonical_solution=p["canonical_solution"])
+                  for p in humaneval.load_humaneval()]
     order = np.random.default_rng(cfg.seed).permutation(len(problems))
     problems = [problems[i] for i in order]
     return problems[cfg.num_test:], problems[: cfg.num_test]
   raise ValueError(f"config.task.name={cfg.name!r} is unknown; choose one of {NAMES}")
+
+
+def _filter_math(problems: Sequence[Any], *, levels: Sequence[int],
+                 subjects: Sequence[str] | None) -> list[Any]:
+  """`hendrycks_math.load_math`'s level and subject filters on loaded problems."""
+  keys = None if subjects is None else {hendrycks_math.subject_key(s) for s in subjects}
+  out = [p for p in problems
+         if p.level in levels and (keys is None or p.subject in keys)]
+  if not out:
+    raise ValueError(f"no MATH problems left with levels={levels}, subjects={subjects}")
+  return out
