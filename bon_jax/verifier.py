@@ -642,9 +642,10 @@ def run_verifier_stage(
     raise ValueError(f"verifier init must be 'policy' or 'random', got {cfg.init!r}")
   synthetic = int(cfg.get("synthetic_prompts", 0))
   if len(train_problems) < cfg.num_prompts + synthetic or len(test_problems) < cfg.holdout_prompts:
+    extra = f" (+ {synthetic} for synthetic_prompts)" if synthetic else ""
     raise ValueError(
-        f"the verifier stage needs {cfg.num_prompts} (+ {synthetic} synthetic_prompts) train and"
-        f" {cfg.holdout_prompts} held-out problems, got {len(train_problems)} and {len(test_problems)}")
+        f"the verifier stage needs {cfg.num_prompts}{extra} train and {cfg.holdout_prompts} held-out"
+        f" problems, got {len(train_problems)} and {len(test_problems)}")
   ks = [k for k in cfg.ks if k <= cfg.num_samples]
   key = jax.random.key(cfg.seed)
   data_kw = dict(tokenizer=tokenizer, task=task, num_samples=cfg.num_samples,
