@@ -1,8 +1,8 @@
 """Released-checkpoint restore on 8 simulated CPU devices (run by test_checkpoints.py).
 
 Run as a script in its own process (XLA_FLAGS must give 8 host devices before
-JAX starts). Writes a random `tiny` checkpoint in the released layout from a
-sharded init, restores it onto meshes (1, 8, 1) and (2, 2, 2) and checks that
+JAX starts). Writes a random `tiny` checkpoint in the released layout,
+restores it onto meshes (1, 8, 1) and (2, 2, 2) and checks that
 every array lands in `sharding.param_specs`' sharding, each device holding
 only its block, with the values of the one-device restore, cast to the
 requested dtype. Prints one line per mesh; an AssertionError on any mismatch.
@@ -26,8 +26,7 @@ from mesh_parity_check import check_sharded, device_bytes  # pylint: disable=g-b
 def main(out_dir: str) -> None:
   assert jax.device_count() == 8, jax.devices()
   path = os.path.join(out_dir, "tiny")
-  models.write_random_checkpoint(path, preset="tiny", vocab_size=512, dtype=jnp.float32, seed=3,
-                                 mesh=sharding.make_mesh((1, 8, 1)))
+  models.write_random_checkpoint(path, preset="tiny", vocab_size=512, dtype=jnp.float32, seed=3)
   one = models.load_params(path, preset="tiny", vocab_size=512)  # First device, stored dtype.
   assert all(x.dtype == jnp.float32 and len(x.devices()) == 1 for x in jax.tree.leaves(one))
   whole = sum(x.nbytes for x in jax.tree.leaves(one))
