@@ -245,3 +245,18 @@ def test_two_processes_match_one_process(tmp_path):
     assert set(got.files) - {"metric_loss", "metric_reward_mean"} == set(want)
     for name, value in want.items():
       np.testing.assert_allclose(got[name], value, atol=1e-5, err_msg=name)
+
+
+def test_jit_sharded_lowers_abstract_arguments_without_running():
+  mesh = sharding.make_mesh((-1, 1, 1))  # This host's devices, however many.
+  fn = sharding.jit_sharded(lambda p, b: (jax.tree.map(lambda w: 2 * w, p), jnp.sum(b)), mesh,
+                            ("params", "batch"), ("params", "replicated"))
+  n = mesh.size
+  params = {"w": jax.ShapeDtypeStruct((4, 16), jnp.float32)}
+  batch = jax.ShapeDtypeStruct((8 * n, 3), jnp.float32)
+  compiled = fn.lower(params, batch).compile()
+  _, in_batch = compiled.input_shardings[0]
+  assert in_batch.spec == sharding.batch_spec_for(batch.shape, mesh)
+  assert compiled.memory_analysis().argument_size_in_bytes == (4 * 16 + 8 * 3) * 4  # Per device.
+  out = fn({"w": jnp.ones((4, 16))}, jnp.ones((8 * n, 3)))  # And the same cache entry runs.
+  assert float(out[1]) == 24 * n and float(out[0]["w"][0, 0]) == 2.0
