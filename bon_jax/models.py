@@ -9,6 +9,8 @@ The policy is the `gemma` library's `gm.nn.Transformer` built from a
   that trains on a CPU in minutes.
 * ``gemma2_2b`` / ``gemma2_9b``: the released Gemma 2 shapes, loaded from a
   local Orbax checkpoint.
+* ``gemma2_2b_depth2``: Gemma 2 2B with 2 of its 26 layers (real vocabulary
+  and width), for end-to-end runs of the paper configs on a CPU.
 
 Example::
 
@@ -117,6 +119,19 @@ PRESETS: dict[str, Preset] = {
         download_hint=(
             "the Gemma 2 2B Orbax checkpoint (e.g. Kaggle google/gemma-2/flax/gemma2-2b)"
         ),
+    ),
+    # Gemma 2 2B cut to 2 of its 26 layers: the real vocabulary, width and
+    # attention layout (one local, one global layer) at a size whose whole
+    # pipeline runs on a CPU (CI's end-to-end runs of the paper configs).
+    "gemma2_2b_depth2": Preset(
+        num_layers=2,
+        embed_dim=2304,
+        hidden_dim=9216,
+        num_heads=8,
+        head_dim=256,
+        num_kv_heads=4,
+        sliding_window_size=4096,
+        vocab_size=256128,
     ),
     "gemma2_9b": Preset(
         num_layers=42,
