@@ -275,7 +275,7 @@ def test_resumed_run_matches_uninterrupted_run(tmp_path, setup):
         ("N", 3, "N_prime=4 must be a multiple of config.rl.N=3"),
         ("N_prime", 0, "N_prime must be an integer >= 1"),
         ("temperature", 0.0, "temperature must be > 0"),
-        ("verifier", "oracle", "must be 'grader' or 'learned'"),
+        ("verifier", "oracle", "must be 'grader', 'learned' or 'noisy'"),
     ],
 )
 def test_bad_rl_config_is_a_one_line_user_error(field, value, match):
