@@ -111,6 +111,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
       "config.tokenizer.kind='sentencepiece' needs config.tokenizer.path (a .model file,"
       " e.g. Gemma 2's tokenizer.model)",
   )
+  if "mesh" in config and "shape" in config.mesh:
+    # Before the workdir is touched: a mesh these devices cannot form.
+    import jax  # pylint: disable=g-import-not-at-top
+    from bon_jax import sharding  # pylint: disable=g-import-not-at-top
+
+    sharding.resolve_mesh_shape(tuple(config.mesh.shape), jax.device_count())
   if "algorithms" in config:
     _validate_pipeline(config)
 

@@ -9,6 +9,8 @@ The policy is the `gemma` library's `gm.nn.Transformer` built from a
   that trains on a CPU in minutes.
 * ``gemma2_2b`` / ``gemma2_9b``: the released Gemma 2 shapes, loaded from a
   local Orbax checkpoint.
+* ``gemma2_2b_depth2``: Gemma 2 2B with 2 of its 26 layers (real vocabulary
+  and width), for end-to-end runs of the paper configs on a CPU.
 
 Example::
 
@@ -116,6 +118,19 @@ PRESETS: dict[str, Preset] = {
         download_hint=(
             "the Gemma 2 2B Orbax checkpoint (e.g. Kaggle google/gemma-2/flax/gemma2-2b)"
         ),
+    ),
+    # Gemma 2 2B cut to 2 of its 26 layers: the real vocabulary, width and
+    # attention layout (one local, one global layer) at a size whose whole
+    # pipeline runs on a CPU (CI's end-to-end runs of the paper configs).
+    "gemma2_2b_depth2": Preset(
+        num_layers=2,
+        embed_dim=2304,
+        hidden_dim=9216,
+        num_heads=8,
+        head_dim=256,
+        num_kv_heads=4,
+        sliding_window_size=4096,
+        vocab_size=256128,
     ),
     "gemma2_9b": Preset(
         num_layers=42,
@@ -298,19 +313,188 @@ def num_params(params: Params) -> int:
   return sum(int(x.size) for x in jax.tree.leaves(params))
 
 
-def load_params(path: str, *, preset: str, field: str = "model.ckpt_path") -> Params:
+class CheckpointError(ValueError):
+  """A released checkpoint that does not fit the config (one-line message)."""
+
+
+# The released Orbax layout (what `gm.ckpts.load_params` reads): a flat dict
+# "transformer/<module path>" -> {leaf name: array}; the MLP's kernels are
+# leaves of their own module there ("transformer/layer_0/mlp/linear" -> {"w"}).
+_RELEASED_PREFIX = "transformer/"
+_MLP_KERNELS = ("gating_einsum", "linear")
+
+
+def released_layout(params: Params) -> dict[str, dict[str, Any]]:
+  """`params` (nested, as `init_params`) in the released checkpoints' flat layout.
+
+  Example::
+
+    flat = released_layout(abstract_params(make_model(preset="gemma2_2b")))
+    flat["transformer/layer_0/mlp/linear"]["w"].shape  # (9216, 2304)
+  """
+  out: dict[str, dict[str, Any]] = {}
+  for path, x in jax.tree_util.tree_leaves_with_path(params):
+    module, leaf = _released_key(path)
+    out.setdefault(module, {})[leaf] = x
+  return out
+
+
+def _released_key(path) -> tuple[str, str]:
+  """(module, leaf) of a nested params path in the released layout."""
+  names = [str(k.key) for k in path]
+  if len(names) >= 2 and names[-2] == "mlp" and names[-1] in _MLP_KERNELS:
+    return _RELEASED_PREFIX + "/".join(names), "w"
+  return _RELEASED_PREFIX + "/".join(names[:-1]), names[-1]
+
+
+def write_random_checkpoint(
+    path: str, *, preset: str, vocab_size: int | None = None, dtype: Any = jnp.bfloat16, seed: int = 0,
+) -> int:
+  """Writes random `preset` params to `path` in the released Orbax layout.
+
+  For tests and benchmarks of the released-checkpoint path: `load_params`
+  (and ``gm.ckpts.load_params``) read it like a downloaded Gemma 2
+  checkpoint. Values: kernels and embeddings ~ N(0, 1 / fan-in), norm scales
+  0 (gemma's RMSNorm multiplies by 1 + scale), drawn on the host leaf by leaf
+  in row blocks (a jitted init keeps several float32 copies live; drawing
+  holds the ~5 GB of 2B's bfloat16 plus a block, Orbax's save more).
+  Deterministic in `seed`. Refuses an existing `path`. Returns the parameter
+  count.
+
+  Example::
+
+    write_random_checkpoint("/tmp/g2b", preset="gemma2_2b")  # ~5 GB of bf16
+    params = load_params("/tmp/g2b", preset="gemma2_2b", dtype="bfloat16", mesh=mesh)
+  """
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from orbax import checkpoint as ocp  # pylint: disable=g-import-not-at-top
+
+  path = os.path.abspath(path)
+  if os.path.exists(path):
+    raise FileExistsError(f"{path} exists; write the checkpoint to a new path")
+  abstract = abstract_params(make_model(preset=preset, vocab_size=vocab_size))
+  dtype = jnp.dtype(dtype)
+  block = 1 << 24  # Elements drawn at a time (64 MB of float32).
+  # 1 / sqrt(fan-in) for the kernels that contract the width D (most; near enough for the rest),
+  # and unit-variance embeddings once gemma scales them by sqrt(D).
+  scale = 1.0 / np.sqrt(PRESETS[preset].embed_dim)
+
+  def draw(i: int, x: Any) -> np.ndarray:
+    out = np.zeros(x.shape, dtype)
+    if x.ndim < 2:
+      return out  # Norm scales.
+    rng = np.random.default_rng([seed, i])
+    flat = out.reshape(-1)
+    for lo in range(0, flat.size, block):
+      n = min(block, flat.size - lo)
+      flat[lo:lo + n] = rng.standard_normal(n, np.float32) * scale
+    return out
+
+  leaves, treedef = jax.tree.flatten(abstract)
+  params = jax.tree.unflatten(treedef, [draw(i, x) for i, x in enumerate(leaves)])
+  # Synchronous, with 1 GB in flight: an async save would first copy the whole
+  # tree. Orbax still holds ~2 extra copies while serialising (14.4 GiB peak
+  # RSS for 2B's 4.87 GiB, BENCHMARKS.md): fine for a test utility.
+  with ocp.Checkpointer(ocp.StandardCheckpointHandler(save_concurrent_gb=1)) as ckpt:
+    ckpt.save(path, args=ocp.args.StandardSave(released_layout(params)))
+  return num_params(params)
+
+
+def _preset_of(shapes: dict[str, dict[str, tuple[int, ...]]]) -> str:
+  """Which preset a checkpoint's shapes look like, for the error message."""
+  emb = shapes.get(_RELEASED_PREFIX + "embedder", {}).get("input_embedding")
+  layers = sum(1 for k in shapes if k.startswith(_RELEASED_PREFIX + "layer_") and k.endswith("/pre_attention_norm"))
+  for name, p in PRESETS.items():
+    if emb is not None and emb[1] == p.embed_dim and layers == p.num_layers:
+      return f"a {name}-shaped model ({layers} layers, width {emb[1]}, vocabulary {emb[0]})"
+  if emb is None:
+    return "no Gemma transformer (no transformer/embedder)"
+  return f"a {layers}-layer model of width {emb[1]} and vocabulary {emb[0]}"
+
+
+def load_params(
+    path: str, *, preset: str, vocab_size: int | None = None, dtype: Any = None,
+    mesh: Any = None, field: str = "model.ckpt_path",
+) -> Params:
   """Restores released Gemma parameters from a local Orbax checkpoint.
 
-  Raises a one-line `FileNotFoundError` naming what to download and which
-  config field to set when `path` is missing.
+  Every array is read straight into its place: with `mesh`, each device reads
+  only its shard (`sharding.param_specs`), so no device ever holds the whole
+  tree (Gemma 2 9B on 8 x 16 GB chips); without, onto the first device. The
+  checkpoint's arrays are cast to `dtype` as they are read (default: as
+  stored).
+
+  Raises one-line errors: `FileNotFoundError` naming what to download and
+  which config field to set when `path` is missing; `CheckpointError` for a
+  checkpoint of another preset or vocabulary, or an unreadable (e.g.
+  truncated) one.
+
+  Example::
+
+    mesh = sharding.make_mesh((1, 8, 1))
+    params = load_params(ckpt, preset="gemma2_9b", dtype="bfloat16", mesh=mesh)
   """
+  from orbax import checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  from bon_jax import sharding  # pylint: disable=g-import-not-at-top
+
   if not path or not os.path.exists(path):
     hint = PRESETS[preset].download_hint or "an Orbax checkpoint of this preset"
     raise FileNotFoundError(
         f"checkpoint {path!r} not found: download {hint} and set"
         f" --config.{field}=/path/to/checkpoint"
     )
-  return gm.ckpts.load_params(os.path.abspath(path))
+  path = os.path.abspath(path)
+  model = make_model(preset=preset, vocab_size=vocab_size)
+  abstract = abstract_params(model)
+  try:
+    meta = ocp.StandardCheckpointer().metadata(path).item_metadata.tree
+    have = {k: {leaf: tuple(m.shape) for leaf, m in v.items()} for k, v in meta.items()}
+  except Exception as e:  # pylint: disable=broad-except  (orbax / tensorstore raise many kinds)
+    raise CheckpointError(f"checkpoint {path} is unreadable ({_first_line(e)}); --config.{field}"
+                          " must name an Orbax checkpoint of Gemma params") from None
+  want = {k: {leaf: tuple(x.shape) for leaf, x in v.items()} for k, v in released_layout(abstract).items()}
+  emb = _RELEASED_PREFIX + "embedder"
+  have_vocab = have.get(emb, {}).get("input_embedding", (None,))[0]
+  if have != want and have_vocab != model.config.num_embed and _with_vocab(have, model.config.num_embed) == want:
+    raise CheckpointError(
+        f"checkpoint {path} has a {have_vocab}-token vocabulary but the tokenizer has"
+        f" {model.config.num_embed}; use the tokenizer the checkpoint was trained with")
+  if have != want:
+    raise CheckpointError(
+        f"checkpoint {path} holds {_preset_of(have)}, not the {preset} preset"
+        f" ({PRESETS[preset].num_layers} layers, width"
+        f" {PRESETS[preset].embed_dim}, vocabulary {model.config.num_embed}); set"
+        f" --config.model.preset to match the checkpoint")
+  if mesh is not None:
+    shardings = sharding.named(mesh, sharding.param_specs(abstract, mesh))
+  else:
+    shardings = jax.tree.map(lambda _: jax.sharding.SingleDeviceSharding(jax.devices()[0]), abstract)
+
+  def target(path, x, s):
+    module, leaf = _released_key(path)
+    return jax.ShapeDtypeStruct(x.shape, jnp.dtype(dtype or meta[module][leaf].dtype), sharding=s)
+
+  target = jax.tree_util.tree_map_with_path(target, abstract, shardings)
+  try:
+    # gemma maps the nested target onto the checkpoint's layout; Orbax reads
+    # each shard into its target sharding and dtype.
+    return gm.ckpts.load_params(path, params=target)
+  except Exception as e:  # pylint: disable=broad-except
+    raise CheckpointError(f"checkpoint {path} cannot be restored, it may be truncated"
+                          f" ({_first_line(e)}); download it again") from None
+
+
+def _with_vocab(shapes: dict[str, dict[str, tuple[int, ...]]], vocab: int) -> dict[str, Any]:
+  emb = _RELEASED_PREFIX + "embedder"
+  if "input_embedding" not in shapes.get(emb, {}):
+    return shapes
+  table = shapes[emb]["input_embedding"]
+  return {**shapes, emb: {**shapes[emb], "input_embedding": (vocab, *table[1:])}}
+
+
+def _first_line(e: BaseException) -> str:
+  text = " ".join(str(e).split()).split(" See full ")[0]  # TensorStore appends a dump.
+  return f"{type(e).__name__}: {text[:200]}"
 
 
 def token_logprobs(

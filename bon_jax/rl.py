@@ -593,11 +593,11 @@ def train_rl(
   if problems is None:
     problems, _ = train.make_task_splits(config.task, os.path.join(workdir, train.TFDS_DIR))
   model = train.make_policy(config, tok)
-  ref_params = init_params if init_params is not None else train.initial_params(config, model)
+  mesh = sharding.mesh_for_run(config)  # None on one device.
+  ref_params = init_params if init_params is not None else train.initial_params(config, model, mesh)
   # The state is donated at every update: give it its own buffers.
   params = jax.tree.map(jnp.array, ref_params)
   opt_items = tuple(sorted(_optimizer_config(rl).items()))
-  mesh = sharding.mesh_for_run(config)  # None on one device.
   optimizer, update_fn = _optimizer_and_update(
       model, opt_items, float(rl.kl_coef), float(rl.entropy_coef), float(rl.temperature), mesh,
       (("lora_rank", int(config.model.get("lora_rank", 0))),

@@ -496,6 +496,9 @@ def jit_sharded(
   processes, host values (numpy, or process-local arrays) are taken as the
   global value.
 
+  The returned function also has ``.lower(*args)`` (`jax.jit`'s, on these
+  shardings), for compiling without running.
+
   Args:
     fun: positional arguments only (close over static settings).
     mesh: the device mesh.
@@ -510,7 +513,7 @@ def jit_sharded(
   """
   cache: dict[Any, Any] = {}
 
-  def call(*args):
+  def jitted_for(args):
     if len(args) != len(in_kinds):
       raise TypeError(f"expected {len(in_kinds)} arguments ({in_kinds}), got {len(args)}")
     abstract = jax.tree.map(_abstract, args)
@@ -525,12 +528,18 @@ def jit_sharded(
         out_sh = tuple(named(mesh, _specs_of(k, o, mesh)) for k, o in zip(out_kinds, outs))
       cache[key] = (jax.jit(fun, in_shardings=in_sh, out_shardings=out_sh,
                             donate_argnums=donate_argnums), in_sh)
-    jitted, in_sh = cache[key]
+    return cache[key]
+
+  def call(*args):
+    jitted, in_sh = jitted_for(args)
     # Arguments committed elsewhere (e.g. one device) are moved first: jit
     # refuses committed inputs whose sharding differs from in_shardings.
     args = tuple(a if s is None else jax.tree.map(_put, a, s) for a, s in zip(args, in_sh))
     return jitted(*args)
 
+  # Compile without running: arguments may be `jax.ShapeDtypeStruct`s, e.g.
+  # ``step.lower(abstract_state, abstract_batch).compile().memory_analysis()``.
+  call.lower = lambda *args: jitted_for(args)[0].lower(*args)
   return call
 
 

@@ -178,6 +178,27 @@ def rebuild_task_tokenizer() -> Tokenizer:
 
 
 @functools.cache
+def padded_tokenizer(base: Tokenizer, vocab_size: int) -> Tokenizer:
+  """`base` with unused pieces appended up to `vocab_size` (ids of `base` kept).
+
+  A stand-in for a large tokenizer where only its vocabulary size matters,
+  e.g. ``padded_tokenizer(task_tokenizer(), 256128)`` for the Gemma 2
+  tokenizer in end-to-end runs of the paper configs without the released
+  files: it encodes text as `base` does, and the model gets Gemma's
+  256128-row embedding.
+  """
+  from sentencepiece import sentencepiece_model_pb2  # pylint: disable=g-import-not-at-top
+
+  proto = sentencepiece_model_pb2.ModelProto.FromString(base.model_proto)
+  if vocab_size < len(proto.pieces):
+    raise ValueError(f"vocab_size={vocab_size} is below the base tokenizer's {len(proto.pieces)}")
+  for i in range(len(proto.pieces), vocab_size):
+    piece = proto.pieces.add()
+    piece.piece, piece.score = f"<unused{i}>", 0.0
+    piece.type = sentencepiece_model_pb2.ModelProto.SentencePiece.USER_DEFINED
+  return Tokenizer(proto.SerializeToString())
+
+
 def task_tokenizer() -> Tokenizer:
   """The embedded task's tokenizer: the shipped asset, else rebuilt.
 

@@ -149,7 +149,10 @@ def make_task(config: ml_collections.ConfigDict) -> Any:
 
 def make_policy(config: ml_collections.ConfigDict, tokenizer: Any) -> Any:
   """The policy `Transformer` of ``config.model`` (LoRA-wrapped when lora_rank > 0)."""
-  return models.policy_from_config(config.model, tokenizer.vocab_size)
+  try:
+    return models.policy_from_config(config.model, tokenizer.vocab_size)
+  except ValueError as e:  # E.g. a tokenizer whose vocabulary does not fit the preset.
+    raise config_lib.UserError(str(e)) from None
 
 
 def policy_optimizer(cfg: ml_collections.ConfigDict, model_cfg: ml_collections.ConfigDict):
@@ -157,11 +160,19 @@ def policy_optimizer(cfg: ml_collections.ConfigDict, model_cfg: ml_collections.C
   return optim.for_config(make_optimizer(cfg), model_cfg)
 
 
-def initial_params(config: ml_collections.ConfigDict, model: Any) -> Any:
+def initial_params(config: ml_collections.ConfigDict, model: Any, mesh: Any = None) -> Any:
+  """The starting policy: ``config.model.ckpt_path``'s params, else a seeded init.
+
+  A checkpoint is restored in ``config.model.dtype`` straight into `mesh`'s
+  shardings (each device reads its shard; `models.load_params`).
+  """
   if config.model.ckpt_path:
     try:
-      params = models.load_params(config.model.ckpt_path, preset=config.model.preset)
-    except FileNotFoundError as e:
+      params = models.load_params(
+          config.model.ckpt_path, preset=config.model.preset,
+          vocab_size=models.base_model(model).config.num_embed,
+          dtype=config.model.dtype, mesh=mesh)
+    except (FileNotFoundError, models.CheckpointError) as e:
       raise config_lib.UserError(str(e)) from None
   else:
     params = models.init_params(models.base_model(model), jax.random.key(config.seed))
@@ -290,11 +301,11 @@ def train_sft(
   """
   tok = tokenizer
   optimizer = policy_optimizer(config.train, config.model)
-  params = initial_params(config, model)
+  mesh = sharding.mesh_for_run(config)
+  params = initial_params(config, model, mesh)
   state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
   # config.mesh: shard the state before restoring, so Orbax restores each array straight
   # into its target sharding (a checkpoint written on another mesh shape reshards).
-  mesh = sharding.mesh_for_run(config)
   if mesh is not None:
     state = sharding.shard(state, mesh, sharding.state_specs(state, mesh))
   logging.info("Policy: %s preset, %d parameters", config.model.preset, models.num_params(params))

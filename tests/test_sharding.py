@@ -1,8 +1,9 @@
 """bon_jax.sharding: partition rules, and sharded programs on simulated CPU devices.
 
 The rules are checked here on abstract Gemma 2 trees (no devices needed). The
-programs need several devices, which this pytest process (JAX started with
-one CPU device) cannot get, so they run in subprocesses with
+programs need a known number of devices, which this pytest process (JAX
+started with the host's devices: one, or 8 when CI sets XLA_FLAGS) cannot
+choose, so they run in subprocesses with
 `--xla_force_host_platform_device_count`: tests/mesh_parity_check.py (8
 devices, meshes (8,1,1), (2,4,1), (2,2,2)) and tests/multiprocess_check.py
 (2 processes x 2 devices on localhost, gloo collectives).
@@ -178,9 +179,23 @@ def test_initialize_distributed_is_a_noop_alone_and_rejects_half_settings(monkey
   assert not jax.distributed.is_initialized()
 
 
-def test_mesh_for_run_is_none_on_one_device_and_checks_the_shape():
+def test_mesh_for_run_is_none_on_one_device_and_checks_the_shape(monkeypatch):
+  # On this host's devices, however many there are (CI runs the suite on 1 and 8).
+  n = jax.device_count()
   config = ml_collections.ConfigDict({"mesh": {"shape": (-1, 1, 1)}})
-  assert sharding.mesh_for_run(config) is None  # The unsharded code path.
+  mesh = sharding.mesh_for_run(config)
+  if n == 1:
+    assert mesh is None  # The unsharded code path.
+  else:
+    assert dict(mesh.shape) == {"data": n, "fsdp": 1, "tensor": 1}
+  config.mesh.shape = (n + 1, 1, 1)
+  with pytest.raises(config_lib.UserError, match=f"needs {n + 1} devices, but {n} are available"):
+    sharding.mesh_for_run(config)
+  # And as on a one-device host.
+  one = jax.devices()[:1]
+  monkeypatch.setattr(jax, "devices", lambda *a: one)
+  config.mesh.shape = (-1, 1, 1)
+  assert sharding.mesh_for_run(config) is None
   config.mesh.shape = (2, 1, 1)
   with pytest.raises(config_lib.UserError, match="needs 2 devices, but 1 are available"):
     sharding.mesh_for_run(config)
@@ -230,3 +245,18 @@ def test_two_processes_match_one_process(tmp_path):
     assert set(got.files) - {"metric_loss", "metric_reward_mean"} == set(want)
     for name, value in want.items():
       np.testing.assert_allclose(got[name], value, atol=1e-5, err_msg=name)
+
+
+def test_jit_sharded_lowers_abstract_arguments_without_running():
+  mesh = sharding.make_mesh((-1, 1, 1))  # This host's devices, however many.
+  fn = sharding.jit_sharded(lambda p, b: (jax.tree.map(lambda w: 2 * w, p), jnp.sum(b)), mesh,
+                            ("params", "batch"), ("params", "replicated"))
+  n = mesh.size
+  params = {"w": jax.ShapeDtypeStruct((4, 16), jnp.float32)}
+  batch = jax.ShapeDtypeStruct((8 * n, 3), jnp.float32)
+  compiled = fn.lower(params, batch).compile()
+  _, in_batch = compiled.input_shardings[0]
+  assert in_batch.spec == sharding.batch_spec_for(batch.shape, mesh)
+  assert compiled.memory_analysis().argument_size_in_bytes == (4 * 16 + 8 * 3) * 4  # Per device.
+  out = fn({"w": jnp.ones((4, 16))}, jnp.ones((8 * n, 3)))  # And the same cache entry runs.
+  assert float(out[1]) == 24 * n and float(out[0]["w"][0, 0]) == 2.0

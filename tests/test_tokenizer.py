@@ -121,3 +121,14 @@ def test_too_large_vocab_is_a_value_error():
   with pytest.raises(ValueError, match="could not train") as e:
     tokenizer_lib.build_task_tokenizer(["ab ab ab"], vocab_size=500)
   assert "Vocabulary size too high" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_padded_tokenizer_keeps_ids_and_reaches_the_vocab_size():
+  base = tokenizer_lib.task_tokenizer()
+  tok = tokenizer_lib.padded_tokenizer(base, 256128)  # The Gemma 2 stand-in of bench/paper_configs_e2e.py.
+  assert tok.vocab_size == 256128
+  text = "3 4 7 9 -> 60: (3 + 4) * 9 - 7"
+  assert tok.encode(text) == base.encode(text) and tok.decode(tok.encode(text)) == text
+  assert tok.id_to_piece(256127) == "<unused256127>"
+  with pytest.raises(ValueError, match="below the base tokenizer"):
+    tokenizer_lib.padded_tokenizer(base, 10)
