@@ -258,8 +258,11 @@ def countdown_splits(task: Mapping[str, Any], data_dir: str) -> tuple[list[Any],
   _countdown_splits(cfg.options_json)  # Bad options raise make_splits' own ValueError here.
   verbosity = logging.get_verbosity()
   logging.set_verbosity(logging.ERROR)  # Not "Using custom data configuration" on every run.
+  # A registered config (the demo's task) is asked for by name: TFDS refuses a
+  # custom config that reuses a registered config's name.
+  known = {c.name for c in BonCountdown.BUILDER_CONFIGS}
   try:
-    builder = BonCountdown(config=cfg, data_dir=data_dir)
+    builder = BonCountdown(config=cfg.name if cfg.name in known else cfg, data_dir=data_dir)
   finally:
     logging.set_verbosity(verbosity)
   return _load(builder, "train"), _load(builder, "test")

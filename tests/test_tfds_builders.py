@@ -29,6 +29,8 @@ def test_tfds_load_of_the_embedded_task_equals_the_demos_problems(tmp_path):
   train_set, test_set = train.make_task_splits(config.task)  # What the trainers read.
   assert _problems("bon_countdown", "test", tmp_path) == test_set
   assert _problems("bon_countdown", "train", tmp_path) == train_set
+  # The pipeline's path with the demo's own options: its registered config, by name.
+  assert train.make_task_splits(config.task, str(tmp_path)) == (train_set, test_set)
   # The records are the task module's own prompt and SFT target functions.
   rec = next(iter(tfds.as_numpy(tfds.load("bon_countdown", split="test", data_dir=tmp_path))))
   assert rec["prompt"].decode() == countdown.prompt_text(test_set[0])
