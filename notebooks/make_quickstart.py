@@ -126,7 +126,7 @@ if not WORKDIR:
   cfg.model.preset = "micro"
   cfg.task.num_train, cfg.task.num_test = 64, 8
   cfg.train.steps, cfg.train.batch_size, cfg.train.checkpoint_every = 2, 4, 2
-  cfg.verifier.update(dict(steps=2, num_prompts=4, holdout_prompts=4, num_samples=2, max_new_tokens=8,
+  cfg.verifier.update(dict(steps=2, num_prompts=4, synthetic_prompts=4, holdout_prompts=4, num_samples=2, max_new_tokens=8,
                            batch_size=4, warmup_steps=0, ks=(1, 2), prompts_per_batch=4))
   cfg.algorithms = ("rloo", "pass_at_k")
   cfg.rl.update(dict(N_prime=2, N=2, prompts_per_step=2, steps=2, checkpoint_every=2))
