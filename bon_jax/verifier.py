@@ -173,20 +173,29 @@ def score(model: Any, params: Params, tokens: jax.Array, *, pooling: str = "last
     kind = "groups" if np.ndim(tokens) >= 3 else "batch"
     return _sharded_score(model, mesh, kind, pooling)(params, tokens)
   tokens = jnp.asarray(tokens)
-  lead, length = tokens.shape[:-1], tokens.shape[-1]
-  flat = tokens.reshape(-1, length)
-  out = model.apply(
-      {"params": params["backbone"]},
-      flat,
-      return_last_only=pooling == "last",
-      return_hidden_states=True,
-  )
-  h = out.hidden_states.astype(jnp.float32)  # [R, D] ("last") or [R, L, D]
-  logits = _HEAD.apply({"params": params["head"]}, h)[..., 0]
   if pooling == "min":
-    neg = jnp.where(flat != models.PAD_ID, -logits, -jnp.inf)
-    logits = -jax.nn.logsumexp(neg, axis=-1)
+    return pool_min(tokens, token_logits(model, params, tokens))
+  lead, length = tokens.shape[:-1], tokens.shape[-1]
+  out = model.apply({"params": params["backbone"]}, tokens.reshape(-1, length),
+                    return_last_only=True, return_hidden_states=True)
+  logits = _HEAD.apply({"params": params["head"]}, out.hidden_states.astype(jnp.float32))[..., 0]
   return logits.reshape(lead)
+
+
+def token_logits(model: Any, params: Params, tokens: jax.Array) -> jax.Array:
+  """float32[..., L]: the head at every position (position t has read tokens <= t)."""
+  tokens = jnp.asarray(tokens)
+  length = tokens.shape[-1]
+  out = model.apply({"params": params["backbone"]}, tokens.reshape(-1, length),
+                    return_hidden_states=True)
+  logits = _HEAD.apply({"params": params["head"]}, out.hidden_states.astype(jnp.float32))[..., 0]
+  return logits.reshape(tokens.shape)
+
+
+def pool_min(tokens: jax.Array, logits: jax.Array) -> jax.Array:
+  """Soft minimum ``-logsumexp(-logits)`` over the real (non-PAD) positions: float32[...]."""
+  neg = jnp.where(tokens != models.PAD_ID, -logits, -jnp.inf)
+  return -jax.nn.logsumexp(neg, axis=-1)
 
 
 @functools.lru_cache(maxsize=8)
@@ -231,23 +240,42 @@ class VerifierState:
   opt_state: Any
 
 
+def step_bce_loss(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> jax.Array:
+  """BCE of per-position logits against process labels where `mask` is 1 (float32[]; 0 if none)."""
+  mask = jnp.asarray(mask, jnp.float32)
+  bce = optax.sigmoid_binary_cross_entropy(logits, jnp.asarray(labels, jnp.float32))
+  return jnp.sum(bce * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
 def make_verifier_step(model: Any, optimizer: optax.GradientTransformation, *, rank_weight: float = 0.0,
-                       pooling: str = "last"):
+                       pooling: str = "last", step_weight: float = 0.0):
   """Jitted ``(state, batch) -> (state, metrics)``.
 
   ``batch``: ``tokens`` int32[G, N, L] (N samples of each of G prompts),
-  ``labels`` float32[G, N] (0/1). Loss: BCE over all G * N sequences plus
-  ``rank_weight`` x `pairwise_ranking_loss` within each prompt. Metrics: loss,
-  bce, rank, accuracy (at logit 0), grad_norm. `pooling` as in `score`.
+  ``labels`` float32[G, N] (0/1); with `step_weight` also ``step_labels`` and
+  ``step_mask`` float32[G, N, L] (`step_supervision`). Loss: BCE over all
+  G * N sequences plus ``rank_weight`` x `pairwise_ranking_loss` within each
+  prompt plus ``step_weight`` x `step_bce_loss` of the head at the labelled
+  positions (needs pooling "min": the head at every position). Metrics: loss,
+  bce, rank, step_bce, accuracy (at logit 0), grad_norm. `pooling` as in
+  `score`.
   """
+  if step_weight and pooling != "min":
+    raise ValueError("step_weight > 0 trains the head at every position: it needs pooling='min'")
 
   def loss_fn(params, batch):
-    logits = score(model, params, batch["tokens"], pooling=pooling)
+    if step_weight:
+      per_token = token_logits(model, params, batch["tokens"])
+      logits = pool_min(batch["tokens"], per_token)
+      step_bce = step_bce_loss(per_token, batch["step_labels"], batch["step_mask"])
+    else:
+      logits = score(model, params, batch["tokens"], pooling=pooling)
+      step_bce = jnp.zeros((), jnp.float32)
     bce = bce_loss(logits, batch["labels"])
     rank = pairwise_ranking_loss(logits, batch["labels"])
     acc = jnp.mean((logits > 0) == (batch["labels"] > 0.5))
-    loss = bce + rank_weight * rank
-    return loss, {"loss": loss, "bce": bce, "rank": rank, "accuracy": acc}
+    loss = bce + rank_weight * rank + step_weight * step_bce
+    return loss, {"loss": loss, "bce": bce, "rank": rank, "step_bce": step_bce, "accuracy": acc}
 
   def step(state: VerifierState, batch):
     (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
@@ -272,6 +300,9 @@ def train_verifier(
     rank_weight: float = 0.0,
     pooling: str = "last",
     seed: int = 0,
+    step_weight: float = 0.0,
+    step_labels: np.ndarray | None = None,
+    step_mask: np.ndarray | None = None,
 ) -> tuple[Params, list[dict[str, float]]]:
   """BCE (+ within-prompt ranking) training; minibatches are a function of (seed, step).
 
@@ -288,9 +319,12 @@ def train_verifier(
     rank_weight: weight of `pairwise_ranking_loss` (needs grouped data).
     pooling: as in `score`.
     seed: minibatch order.
+    step_weight, step_labels, step_mask: process supervision (see
+      `make_verifier_step`); labels and mask shaped like `tokens`.
 
   Returns:
-    The trained params and per-step metrics (loss, bce, rank, accuracy, grad_norm).
+    The trained params and per-step metrics (loss, bce, rank, step_bce,
+    accuracy, grad_norm).
   """
   tokens, labels = np.asarray(tokens, np.int32), np.asarray(labels, np.float32)
   if tokens.ndim not in (2, 3) or labels.shape != tokens.shape[:-1]:
@@ -300,18 +334,27 @@ def train_verifier(
     raise ValueError(f"steps must be >= 0 and batch_size >= 1, got {steps}, {batch_size}")
   if rank_weight and tokens.ndim == 2:
     raise ValueError("rank_weight > 0 needs grouped data: tokens [G, N, L] and labels [G, N]")
+  steps_data = {}
+  if step_weight:
+    if step_labels is None or np.shape(step_labels) != tokens.shape or np.shape(step_mask) != tokens.shape:
+      raise ValueError("step_weight > 0 needs step_labels and step_mask shaped like tokens")
+    steps_data = {"step_labels": np.asarray(step_labels, np.float32),
+                  "step_mask": np.asarray(step_mask, np.float32)}
   if tokens.ndim == 2:  # Independent sequences: groups of one.
     tokens, labels = tokens[:, None], labels[:, None]
+    steps_data = {k: v[:, None] for k, v in steps_data.items()}
   per_step = max(1, batch_size // tokens.shape[1])
   schedule = optax.warmup_cosine_decay_schedule(
       0.0, learning_rate, warmup_steps, max(steps, warmup_steps + 1), 0.1 * learning_rate)
   optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=weight_decay))
   state = VerifierState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
-  step_fn = make_verifier_step(model, optimizer, rank_weight=rank_weight, pooling=pooling)
+  step_fn = make_verifier_step(model, optimizer, rank_weight=rank_weight, pooling=pooling,
+                               step_weight=step_weight)
   history = []
   for step in range(steps):
     idx = np.random.default_rng([seed, step]).integers(0, len(labels), size=per_step)
-    state, metrics = step_fn(state, {"tokens": tokens[idx], "labels": labels[idx]})
+    batch = {"tokens": tokens[idx], "labels": labels[idx], **{k: v[idx] for k, v in steps_data.items()}}
+    state, metrics = step_fn(state, batch)
     history.append({k: float(v) for k, v in jax.device_get(metrics).items()})
   return state.params, history
 
@@ -368,6 +411,7 @@ def make_verifier_data(
     rng: jax.Array,
     temperature: float = 1.0,
     prompts_per_batch: int = 32,
+    with_steps: bool = False,
 ) -> dict[str, np.ndarray]:
   """Samples `num_samples` completions per problem from the policy and grades them.
 
@@ -377,10 +421,14 @@ def make_verifier_data(
     labels: float32[P, N] grader labels (0/1).
     answer_ids: int32[P, N] answer classes (-1: none), for maj@k.
     completions: int32[P, N, T] the generated tokens alone.
+    step_labels, step_mask: float32[P, N, L] (`step_supervision`), only
+      when `with_steps`.
   """
   prompts_all = [task.prompt_text(p) for p in problems]
   plen = int(input_pipeline.encode_prompts(tokenizer, prompts_all).shape[1])
   out = {"tokens": [], "labels": [], "answer_ids": [], "completions": []}
+  if with_steps:
+    out.update(step_labels=[], step_mask=[])
   for start in range(0, len(problems), prompts_per_batch):
     chunk = list(problems[start : start + prompts_per_batch])
     texts = prompts_all[start : start + prompts_per_batch]
@@ -396,12 +444,61 @@ def make_verifier_data(
     out["labels"].append(labels)
     out["answer_ids"].append(answers)
     out["completions"].append(comp)
+    if with_steps:
+      step_labels, step_mask = step_supervision(tokenizer, task, chunk, comp, prompts[: len(chunk)],
+                                                tokens.shape[-1])
+      out["step_labels"].append(step_labels)
+      out["step_mask"].append(step_mask)
   return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def step_supervision(tokenizer: Any, task: Any, problems: Sequence[Any], completions: np.ndarray,
+                     prompts: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
+  """Process labels on the `join_prompt_completion` layout, from ``task.step_labels``.
+
+  Each ``(end, label)`` of ``task.step_labels(problem, text)`` is put at the
+  token where ``text[:end]`` is complete (the whole answer's verdict at its
+  EOS), so the head there, which has read exactly that prefix, learns
+  whether a fault has appeared yet.
+
+  Args:
+    tokenizer, task: as in `make_verifier_data`.
+    problems: the P problems.
+    completions: int[P, N, T] completion tokens (PAD after EOS).
+    prompts: int[P, Lp] ``[BOS] prompt`` right-padded (the joined layout's prompts).
+    length: L of the joined tokens.
+
+  Returns:
+    step_labels, step_mask: float32[P, N, L]; the mask is 0 where there is no
+    label (and everywhere for a task without ``step_labels``).
+  """
+  completions, prompts = np.asarray(completions), np.asarray(prompts)
+  labels = np.zeros((*completions.shape[:2], length), np.float32)
+  mask = np.zeros_like(labels)
+  make = getattr(task, "step_labels", None)
+  if make is None:
+    return labels, mask
+  plens = np.sum(prompts != models.PAD_ID, axis=-1)
+  for i, problem in enumerate(problems):
+    for j, row in enumerate(completions[i].tolist()):
+      real = row[: row.index(models.PAD_ID)] if models.PAD_ID in row else row
+      text_ids = real[: real.index(models.EOS_ID)] if models.EOS_ID in real else real
+      if not real:
+        continue
+      text = tokenizer.decode(text_ids)
+      # Characters decoded after each token (decoding a prefix is what the head has read).
+      ends = [len(tokenizer.decode(text_ids[: t + 1])) for t in range(len(text_ids))]
+      for end, label in make(problem, text):
+        t = len(real) - 1 if end >= len(text) else next(t for t, e in enumerate(ends) if e >= end)
+        pos = int(plens[i]) + t
+        if pos < length:
+          labels[i, j, pos], mask[i, j, pos] = label, 1.0
+  return labels, mask
 
 
 def task_made_data(
     *, tokenizer: Any, task: Any, problems: Sequence[Any], num_samples: int, max_new_tokens: int,
-    rng: np.random.Generator,
+    rng: np.random.Generator, with_steps: bool = False,
 ) -> dict[str, np.ndarray]:
   """Graded answers made by the task (``task.verifier_examples``), not sampled.
 
@@ -426,15 +523,27 @@ def task_made_data(
       comps[i, j, : len(ids)], labels[i, j] = ids, label
   prompts = input_pipeline.encode_prompts(tokenizer, [task.prompt_text(p) for p in problems])
   tokens, _ = join_prompt_completion(jnp.asarray(prompts), jnp.asarray(comps))
-  return {"tokens": np.asarray(tokens), "labels": labels}
+  out = {"tokens": np.asarray(tokens), "labels": labels}
+  if with_steps:
+    out["step_labels"], out["step_mask"] = step_supervision(tokenizer, task, problems, comps, prompts,
+                                                            tokens.shape[-1])
+  return out
 
 
 def concat_groups(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-  """Stacks the tokens and labels of two grouped data sets, right-padding to one length."""
+  """Stacks the tokens and labels (and step labels, if both have them) of two grouped data sets.
+
+  Right-pads to one length.
+  """
   length = max(a["tokens"].shape[-1], b["tokens"].shape[-1])
-  pad = lambda t: np.pad(t, ((0, 0), (0, 0), (0, length - t.shape[-1])), constant_values=models.PAD_ID)
-  return {"tokens": np.concatenate([pad(a["tokens"]), pad(b["tokens"])]),
-          "labels": np.concatenate([a["labels"], b["labels"]])}
+  def pad(t, value=0):
+    return np.pad(t, ((0, 0), (0, 0), (0, length - t.shape[-1])), constant_values=value)
+  out = {"tokens": np.concatenate([pad(a["tokens"], models.PAD_ID), pad(b["tokens"], models.PAD_ID)]),
+         "labels": np.concatenate([a["labels"], b["labels"]])}
+  for k in ("step_labels", "step_mask"):
+    if k in a and k in b:
+      out[k] = np.concatenate([pad(a[k]), pad(b[k])])
+  return out
 
 
 def decode_completions(tokenizer: Any, completions: np.ndarray) -> list[list[str]]:
@@ -651,8 +760,9 @@ def run_verifier_stage(
   data_kw = dict(tokenizer=tokenizer, task=task, num_samples=cfg.num_samples,
                  max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                  prompts_per_batch=cfg.prompts_per_batch)
+  step_weight = float(cfg.get("step_weight", 0.0))
   train_data = make_verifier_data(model, policy_params, problems=train_problems[: cfg.num_prompts],
-                                  rng=jax.random.fold_in(key, 0), **data_kw)
+                                  rng=jax.random.fold_in(key, 0), with_steps=bool(step_weight), **data_kw)
   held = make_verifier_data(model, policy_params, problems=test_problems[: cfg.holdout_prompts],
                             rng=jax.random.fold_in(key, 1), **data_kw)
   params = init_verifier(model, jax.random.fold_in(key, 2),
@@ -663,15 +773,19 @@ def run_verifier_stage(
     train_data = concat_groups(train_data, task_made_data(
         tokenizer=tokenizer, task=task, problems=train_problems[cfg.num_prompts : cfg.num_prompts + synthetic],
         num_samples=cfg.num_samples, max_new_tokens=cfg.max_new_tokens,
-        rng=np.random.default_rng([cfg.seed, 3])))
+        rng=np.random.default_rng([cfg.seed, 3]), with_steps=bool(step_weight)))
   tokens, labels = train_data["tokens"], train_data["labels"]
+  step_labels, step_mask = train_data.get("step_labels"), train_data.get("step_mask")
   if not rank_weight:  # BCE alone: independent sequences make more varied minibatches.
     tokens, labels = tokens.reshape(-1, tokens.shape[-1]), labels.reshape(-1)
+    if step_weight:
+      step_labels, step_mask = step_labels.reshape(tokens.shape), step_mask.reshape(tokens.shape)
   params, history = train_verifier(
       model, params, tokens, labels,
       steps=cfg.steps, batch_size=cfg.batch_size, learning_rate=cfg.learning_rate,
       weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps, rank_weight=rank_weight,
-      pooling=pooling, seed=cfg.seed)
+      pooling=pooling, seed=cfg.seed, step_weight=step_weight, step_labels=step_labels,
+      step_mask=step_mask)
   report = evaluate_verifier(model, params, held, ks=ks, batch_size=cfg.prompts_per_batch, pooling=pooling)
   report["label_mean"] = float(train_data["labels"][: cfg.num_prompts].mean())
   report["final_loss"] = history[-1]["loss"] if history else float("nan")

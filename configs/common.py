@@ -191,6 +191,10 @@ def verifier_config() -> ml_collections.ConfigDict:
   # for step-format Countdown, right chains and false last steps), from this many
   # training prompts after the `num_prompts` sampled ones. 0 = none.
   c.synthetic_prompts = 0
+  # Weight of the process loss: the head at each step's end trained on whether
+  # a fault has appeared yet (task.step_labels: for step-format Countdown, from
+  # the exact grader; needs pooling "min"). 0 = outcome labels only.
+  c.step_weight = 0.0
   c.seed = 0
   c.ks = (1, 2, 4, 8)
   c.prompts_per_batch = 32  # Sampling and scoring chunk (one compiled shape each).

@@ -461,3 +461,45 @@ def test_verifier_examples_are_right_chains_and_false_last_steps():
         a, op, b, c = steps[-1]
         assert c != {"+": a + b, "-": a - b, "*": a * b}[op]
   assert countdown.verifier_examples(countdown.make_problem((3, 4, 7, 9), 60), rng, 4) == []
+
+
+def _prefix_valid(text, digits, k):
+  """Reference: whether the first k comma-separated steps of `text` replay (numbers available, results true)."""
+  try:
+    steps = countdown.parse_steps(",".join(text.split(",")[:k]))
+  except countdown.ParseError:
+    return False
+  pool = list(digits)
+  for a, op, b, c in steps:
+    for x in (a, b):
+      if x not in pool:
+        return False
+      pool.remove(x)
+    if c != {"+": a + b, "-": a - b, "*": a * b}[op]:
+      return False
+    pool.append(c)
+  return True
+
+
+def test_step_labels_mark_the_first_fault_and_end_with_the_grade():
+  train, _ = countdown.make_splits(seed=2, num_train=60, num_test=0, solution_format="steps")
+  rng = np.random.default_rng(0)
+  kinds = set()
+  for p in train:
+    right = countdown.sample_steps(p.digits, p.target, rng)
+    wrong_last = countdown.false_last_step(p.digits, p.target, rng)
+    first_false = right.replace("=", "=1", 1)  # A false (or malformed) first result.
+    unavailable = f"{max(p.digits) + 50}+1={max(p.digits) + 51}, " + right
+    for text in filter(None, (right, wrong_last, first_false, unavailable, right + ",", "garbage, 1+1=2")):
+      got = countdown.step_labels(p, text)
+      commas = [i + 1 for i, ch in enumerate(text) if ch == ","]
+      assert [e for e, _ in got] == commas + [len(text)]
+      assert got[-1][1] == float(countdown.grade(p, text))
+      for k, (_, label) in enumerate(got[:-1], start=1):
+        assert label == float(_prefix_valid(text, p.digits, k)), (text, k, got)
+      labels = [l for _, l in got[:-1]]
+      assert labels == sorted(labels, reverse=True)  # Once a fault appears, it stays.
+      kinds.add(tuple(labels[:1]))
+  assert kinds == {(1.0,), (0.0,)}  # Both verdicts occur at a first comma.
+  expr, _ = countdown.make_splits(seed=2, num_train=2, num_test=0)
+  assert countdown.step_labels(expr[0], "\\boxed{1+2}") == []

@@ -5,6 +5,7 @@ import itertools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from bon_jax import bon
@@ -303,3 +304,67 @@ def test_task_made_data_packs_labelled_examples_like_sampled_data():
     expr = countdown.make_splits(seed=1, num_train=2, num_test=0)[0]
     verifier.task_made_data(tokenizer=tok, task=countdown, problems=expr, num_samples=2, max_new_tokens=8,
                             rng=np.random.default_rng(0))
+
+
+def test_step_supervision_labels_the_token_that_completes_each_step():
+  from bon_jax import input_pipeline
+  from bon_jax import tokenizer as tokenizer_lib
+  from bon_jax.tasks import countdown
+
+  tok = tokenizer_lib.task_tokenizer()
+  train, _ = countdown.make_splits(seed=1, num_train=6, num_test=0, solution_format="steps")
+  data = verifier.task_made_data(tokenizer=tok, task=countdown, problems=train, num_samples=4,
+                                 max_new_tokens=40, rng=np.random.default_rng(0), with_steps=True)
+  tokens, labels, mask = data["tokens"], data["step_labels"], data["step_mask"]
+  assert labels.shape == mask.shape == tokens.shape
+  for p, group, glabels, gmask in zip(train, tokens, labels, mask):
+    prompt = countdown.prompt_text(p)
+    for seq, lab, m in zip(group, glabels, gmask):
+      text = tok.decode(seq.tolist())[len(prompt):]
+      want = countdown.step_labels(p, text)
+      pos = np.flatnonzero(m)
+      assert len(pos) == len(want) and lab[pos].tolist() == [l for _, l in want]
+      for t, (end, _) in zip(pos, want):
+        read = tok.decode(seq[: t + 1].tolist())[len(prompt):]  # What the head at t has read.
+        assert read == text[:end] if end < len(text) else read == text
+        if end < len(text):  # The token before did not complete the step yet.
+          assert len(tok.decode(seq[:t].tolist())) - len(prompt) < end
+      assert seq[pos[-1]] == models.EOS_ID
+  # A task without step labels: no supervision.
+  plain = verifier.step_supervision(tok, object(), train, np.ones((6, 2, 3), np.int32),
+                                    input_pipeline.encode_prompts(tok, ["1 2 -> 3:"] * 6), 9)
+  assert not plain[1].any()
+
+
+def test_step_loss_is_the_masked_bce_of_the_per_token_head_and_trains_it(model):
+  rng = np.random.default_rng(0)
+  tokens, labels = _error_anywhere(rng, 256)
+  # Process labels: 0 from the first 'false step' (token 3) on, 1 before it, at every real token.
+  real = tokens != 0
+  step_labels = (np.cumsum(tokens == 3, axis=-1) == 0).astype(np.float32)
+  step_mask = real.astype(np.float32)
+  params = verifier.init_verifier(model, jax.random.key(1))
+  optimizer = optax.sgd(0.0)
+  own = jax.tree.map(jnp.array, params)  # The step donates its state.
+  state = verifier.VerifierState(jnp.zeros((), jnp.int32), own, optimizer.init(own))
+  step = verifier.make_verifier_step(model, optimizer, pooling="min", step_weight=0.5)
+  batch = {"tokens": tokens[:8, None], "labels": labels[:8, None],
+           "step_labels": step_labels[:8, None], "step_mask": step_mask[:8, None]}
+  per_token = np.asarray(verifier.token_logits(model, params, tokens[:8]), np.float64)
+  want = np.log1p(np.exp(-np.abs(per_token))) + np.maximum(per_token, 0) - per_token * step_labels[:8]
+  want = (want * step_mask[:8]).sum() / step_mask[:8].sum()
+  _, metrics = step(state, batch)
+  assert float(metrics["step_bce"]) == pytest.approx(want, rel=1e-4)
+  assert float(metrics["loss"]) == pytest.approx(float(metrics["bce"]) + 0.5 * want, rel=1e-4)
+  # Trained on the process labels alone (outcome BCE is there too), the pooled score separates.
+  held_t, held_l = _error_anywhere(rng, 128)
+  held = {"tokens": held_t.reshape(32, 4, -1), "labels": held_l.reshape(32, 4)}
+  params, hist = verifier.train_verifier(model, params, tokens, labels, steps=60, batch_size=32,
+                                         learning_rate=3e-3, pooling="min", seed=0, step_weight=1.0,
+                                         step_labels=step_labels, step_mask=step_mask)
+  assert verifier.evaluate_verifier(model, params, held, ks=(1, 4), pooling="min")["auc"] > 0.97
+  assert hist[-1]["step_bce"] < 0.5 * hist[0]["step_bce"]
+  with pytest.raises(ValueError, match="pooling='min'"):
+    verifier.make_verifier_step(model, optimizer, pooling="last", step_weight=1.0)
+  with pytest.raises(ValueError, match="shaped like tokens"):
+    verifier.train_verifier(model, params, tokens, labels, steps=1, pooling="min", step_weight=1.0)

@@ -813,6 +813,44 @@ def false_last_step(digits, target: int, rng: np.random.Generator) -> str | None
   return format_steps(steps[:-1] + [(a, op, b, target)])
 
 
+def step_labels(problem: "Problem", completion: str) -> list[tuple[int, float]]:
+  """Process labels of a step answer: ``(end, 1.0 if completion[:end] has no fault yet)``.
+
+  One pair per step closed by a comma (`end` just past the comma; the label
+  is 0 from the first step that is malformed, uses a number that is not
+  available or writes a false result), then ``(len(completion), grade)``:
+  the whole answer's verdict. What a verifier trained on them learns is the
+  local check a step answer allows; the exact grader gives it for free.
+  Problems that are not step-format Countdown: none (an empty list).
+
+  Example: for ``3 4 7 9 -> 60``, ``"4+7=11, 11+9=21, 3*21=63"`` gives
+  ``[(7, 1.0), (16, 0.0), (24, 0.0)]``.
+  """
+  if problem.family != "countdown" or problem.solution_format != "steps":
+    return []
+  out, ok, end = [], True, 0
+  pool = collections.Counter(problem.digits)
+  parts = completion.split(",")
+  for part in parts[:-1]:
+    end += len(part) + 1
+    if ok:
+      for alias, op in _ALIASES:
+        part = part.replace(alias, op)
+      m = _STEP_RE.fullmatch(part)
+      if m is None:
+        ok = False
+      else:
+        a, op, b, c = int(m[1]), m[2], int(m[3]), int(m[4])
+        for x in (a, b):
+          ok = ok and pool[x] > 0
+          pool[x] -= 1
+        ok = ok and c == _apply(a, op, b)
+        pool[c] += 1
+    out.append((end, float(ok)))
+  out.append((len(completion), float(grade(problem, completion))))
+  return out
+
+
 def verifier_examples(problem: "Problem", rng: np.random.Generator, num: int) -> list[tuple[str, float]]:
   """`num` task-made (completion, label) pairs to train a verifier on `problem`.
 
