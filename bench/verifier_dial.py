@@ -76,6 +76,8 @@ def main() -> None:
   ap.add_argument("--aucs", default="0.6,0.7,0.8,0.9,1.0")
   ap.add_argument("--seed", type=int, default=0, help="config.rl.seed of every stage")
   ap.add_argument("--steps", type=int, default=None, help="override config.rl.steps")
+  ap.add_argument("--learning_rate", type=float, default=None, help="override config.rl.learning_rate")
+  ap.add_argument("--kl_coef", type=float, default=None, help="override config.rl.kl_coef")
   ap.add_argument("--out_dir", required=True)
   args = ap.parse_args()
   if not os.path.exists(os.path.join(args.sft_workdir, "config.json")):
@@ -83,8 +85,9 @@ def main() -> None:
   aucs = [float(a) for a in args.aucs.split(",")]
   cfg = _config(args.config)
   cfg.rl.seed = args.seed
-  if args.steps is not None:
-    cfg.rl.steps = args.steps
+  for field in ("steps", "learning_rate", "kl_coef"):
+    if getattr(args, field) is not None:
+      cfg.rl[field] = getattr(args, field)
   tok, task = train.load_tokenizer(cfg), train.make_task(cfg)
   train_set, test_set = train.make_task_splits(cfg.task)
   model = train.make_policy(cfg, tok)
@@ -135,6 +138,7 @@ def main() -> None:
     table[name] = entry
   os.makedirs(args.out_dir, exist_ok=True)
   result = {"aucs": aucs, "N": n_sel, "seed": args.seed, "rl_steps": cfg.rl.steps,
+            "learning_rate": cfg.rl.learning_rate, "kl_coef": cfg.rl.kl_coef,
             "num_prompts": len(problems), "num_samples": cfg.eval.num_samples,
             "temperature": cfg.eval.temperature, "table": table,
             "per_prompt": {k: {m: np.asarray(v).tolist() for m, v in r.items()} for k, r in per_prompt.items()}}

@@ -457,9 +457,10 @@ def step_supervision(tokenizer: Any, task: Any, problems: Sequence[Any], complet
   """Process labels on the `join_prompt_completion` layout, from ``task.step_labels``.
 
   Each ``(end, label)`` of ``task.step_labels(problem, text)`` is put at the
-  token where ``text[:end]`` is complete (the whole answer's verdict at its
-  EOS), so the head there, which has read exactly that prefix, learns
-  whether a fault has appeared yet.
+  token that completes ``text[:end]`` (the last pair, the answer's verdict,
+  at its EOS), so the head there, which has read that prefix, learns whether
+  a fault has appeared yet. Several labels on one token: the last one (labels
+  only fall along an answer).
 
   Args:
     tokenizer, task: as in `make_verifier_data`.
@@ -488,8 +489,10 @@ def step_supervision(tokenizer: Any, task: Any, problems: Sequence[Any], complet
       text = tokenizer.decode(text_ids)
       # Characters decoded after each token (decoding a prefix is what the head has read).
       ends = [len(tokenizer.decode(text_ids[: t + 1])) for t in range(len(text_ids))]
-      for end, label in make(problem, text):
-        t = len(real) - 1 if end >= len(text) else next(t for t, e in enumerate(ends) if e >= end)
+      checks = make(problem, text)
+      for k, (end, label) in enumerate(checks):
+        last = k == len(checks) - 1  # The verdict: at EOS (the last token if there is none).
+        t = len(real) - 1 if last else next((t for t, e in enumerate(ends) if e >= end), len(real) - 1)
         pos = int(plens[i]) + t
         if pos < length:
           labels[i, j, pos], mask[i, j, pos] = label, 1.0

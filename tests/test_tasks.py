@@ -463,43 +463,58 @@ def test_verifier_examples_are_right_chains_and_false_last_steps():
   assert countdown.verifier_examples(countdown.make_problem((3, 4, 7, 9), 60), rng, 4) == []
 
 
-def _prefix_valid(text, digits, k):
-  """Reference: whether the first k comma-separated steps of `text` replay (numbers available, results true)."""
+def _prefix_ok(p, prefix):
+  """Reference: whether `prefix` of a step answer is still free of faults, by brute force.
+
+  Its closed steps must replay (numbers available, results true); an open
+  step's written result so far must be a prefix of the true one.
+  """
+  closed, comma, open_part = prefix.rpartition(",")
   try:
-    steps = countdown.parse_steps(",".join(text.split(",")[:k]))
+    steps = countdown.parse_steps(closed) if comma else []
   except countdown.ParseError:
     return False
-  pool = list(digits)
+  apply = lambda a, op, b: {"+": a + b, "-": a - b, "*": a * b}[op]
+  pool = list(p.digits)
   for a, op, b, c in steps:
     for x in (a, b):
       if x not in pool:
         return False
       pool.remove(x)
-    if c != {"+": a + b, "-": a - b, "*": a * b}[op]:
+    if c != apply(a, op, b):
       return False
     pool.append(c)
-  return True
+  if not open_part:
+    return True
+  m = re.fullmatch(r"\s*(\d+)\s*([-+*])\s*(\d+)\s*=\s*(\d*)", open_part)
+  if m is None:
+    return False
+  a, op, b = int(m[1]), m[2], int(m[3])
+  if a not in pool or b not in pool or (a == b and pool.count(a) < 2):
+    return False
+  return str(apply(a, op, b)).startswith(m[4])
 
 
 def test_step_labels_mark_the_first_fault_and_end_with_the_grade():
   train, _ = countdown.make_splits(seed=2, num_train=60, num_test=0, solution_format="steps")
   rng = np.random.default_rng(0)
-  kinds = set()
+  seen = collections.Counter()
   for p in train:
     right = countdown.sample_steps(p.digits, p.target, rng)
     wrong_last = countdown.false_last_step(p.digits, p.target, rng)
-    first_false = right.replace("=", "=1", 1)  # A false (or malformed) first result.
+    first_false = right.replace("=", "=1", 1)  # A false first result.
     unavailable = f"{max(p.digits) + 50}+1={max(p.digits) + 51}, " + right
     for text in filter(None, (right, wrong_last, first_false, unavailable, right + ",", "garbage, 1+1=2")):
       got = countdown.step_labels(p, text)
+      assert got[-1] == (len(text), float(countdown.grade(p, text)))
       commas = [i + 1 for i, ch in enumerate(text) if ch == ","]
-      assert [e for e, _ in got] == commas + [len(text)]
-      assert got[-1][1] == float(countdown.grade(p, text))
-      for k, (_, label) in enumerate(got[:-1], start=1):
-        assert label == float(_prefix_valid(text, p.digits, k)), (text, k, got)
-      labels = [l for _, l in got[:-1]]
-      assert labels == sorted(labels, reverse=True)  # Once a fault appears, it stays.
-      kinds.add(tuple(labels[:1]))
-  assert kinds == {(1.0,), (0.0,)}  # Both verdicts occur at a first comma.
+      assert set(commas) <= {e for e, _ in got[:-1]}
+      for end, label in got[:-1]:
+        assert label == float(_prefix_ok(p, text[:end])), (text, end, got)
+      labels = [l for _, l in got]
+      assert labels[:-1] == sorted(labels[:-1], reverse=True)  # Once a fault appears, it stays.
+      seen[(text is wrong_last, min(labels[:-1], default=1.0))] += 1
+  # A false last step is flagged before its verdict: at its first false digit.
+  assert seen[(True, 0.0)] > 0 and seen[(True, 1.0)] == 0
   expr, _ = countdown.make_splits(seed=2, num_train=2, num_test=0)
   assert countdown.step_labels(expr[0], "\\boxed{1+2}") == []

@@ -321,15 +321,16 @@ def test_step_supervision_labels_the_token_that_completes_each_step():
     prompt = countdown.prompt_text(p)
     for seq, lab, m in zip(group, glabels, gmask):
       text = tok.decode(seq.tolist())[len(prompt):]
-      want = countdown.step_labels(p, text)
+      *checks, (_, verdict) = countdown.step_labels(p, text)
+      want = {}  # position -> label: each check at the first token whose prefix covers text[:end].
+      for end, label in checks:
+        t = next(t for t in range(len(seq)) if len(tok.decode(seq[: t + 1].tolist())) - len(prompt) >= end)
+        assert tok.decode(seq[: t + 1].tolist())[len(prompt):].startswith(text[:end])
+        want[t] = label
+      eos = int(np.flatnonzero(seq == models.EOS_ID)[0])
+      want[eos] = verdict
       pos = np.flatnonzero(m)
-      assert len(pos) == len(want) and lab[pos].tolist() == [l for _, l in want]
-      for t, (end, _) in zip(pos, want):
-        read = tok.decode(seq[: t + 1].tolist())[len(prompt):]  # What the head at t has read.
-        assert read == text[:end] if end < len(text) else read == text
-        if end < len(text):  # The token before did not complete the step yet.
-          assert len(tok.decode(seq[:t].tolist())) - len(prompt) < end
-      assert seq[pos[-1]] == models.EOS_ID
+      assert pos.tolist() == sorted(want) and lab[pos].tolist() == [want[t] for t in sorted(want)]
   # A task without step labels: no supervision.
   plain = verifier.step_supervision(tok, object(), train, np.ones((6, 2, 3), np.int32),
                                     input_pipeline.encode_prompts(tok, ["1 2 -> 3:"] * 6), 9)

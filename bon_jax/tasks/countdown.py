@@ -816,37 +816,54 @@ def false_last_step(digits, target: int, rng: np.random.Generator) -> str | None
 def step_labels(problem: "Problem", completion: str) -> list[tuple[int, float]]:
   """Process labels of a step answer: ``(end, 1.0 if completion[:end] has no fault yet)``.
 
-  One pair per step closed by a comma (`end` just past the comma; the label
-  is 0 from the first step that is malformed, uses a number that is not
-  available or writes a false result), then ``(len(completion), grade)``:
-  the whole answer's verdict. What a verifier trained on them learns is the
-  local check a step answer allows; the exact grader gives it for free.
-  Problems that are not step-format Countdown: none (an empty list).
+  Labels at every character of each written result (0 from the first digit
+  that departs from the true result, or at once if the step is malformed or
+  uses a number that is not available), at the comma closing each step (the
+  whole step's check), then ``(len(completion), grade)``: the answer's
+  verdict. Once 0, a label stays 0. A verifier trained on them is told where
+  a false step goes wrong — for a false last step (``13+9=60``) at its first
+  digit — which the outcome label alone never says. The exact grader gives
+  them for free. Problems that are not step-format Countdown: none.
 
-  Example: for ``3 4 7 9 -> 60``, ``"4+7=11, 11+9=21, 3*21=63"`` gives
-  ``[(7, 1.0), (16, 0.0), (24, 0.0)]``.
+  Example: for ``3 4 7 9 -> 60``, ``"4+7=11, 11+9=21"`` gives
+  ``[(5, 1.0), (6, 1.0), (7, 1.0), (14, 1.0), (15, 0.0), (15, 0.0)]``
+  (after each digit of the results, after the comma, and the verdict).
   """
   if problem.family != "countdown" or problem.solution_format != "steps":
     return []
-  out, ok, end = [], True, 0
+  out, ok, start = [], True, 0
   pool = collections.Counter(problem.digits)
   parts = completion.split(",")
-  for part in parts[:-1]:
-    end += len(part) + 1
-    if ok:
-      for alias, op in _ALIASES:
-        part = part.replace(alias, op)
-      m = _STEP_RE.fullmatch(part)
-      if m is None:
-        ok = False
-      else:
+  for i, part in enumerate(parts):
+    closed = i < len(parts) - 1
+    eq = part.rfind("=")
+    checked = part
+    for alias, op in _ALIASES:
+      checked = checked.replace(alias, op)
+    m = _STEP_RE.fullmatch(checked) if ok else None
+    if m is None or len(checked) != len(part):  # Aliases change lengths: judge the step at its end only.
+      ok = ok and m is not None
+      if ok:
         a, op, b, c = int(m[1]), m[2], int(m[3]), int(m[4])
-        for x in (a, b):
-          ok = ok and pool[x] > 0
-          pool[x] -= 1
-        ok = ok and c == _apply(a, op, b)
-        pool[c] += 1
-    out.append((end, float(ok)))
+        ok = pool[a] > 0 and pool[b] - (a == b) > 0 and c == _apply(a, op, b)
+        pool.update({a: -1, b: -1, c: 1})
+      if closed:
+        out.append((start + len(part) + 1, float(ok)))
+      start += len(part) + 1
+      continue
+    a, op, b, c = int(m[1]), m[2], int(m[3]), int(m[4])
+    ok = pool[a] > 0 and pool[b] - (a == b) > 0
+    pool.update({a: -1, b: -1, c: 1})
+    true = str(_apply(a, op, b))
+    written = part[eq + 1 :].strip()
+    first = start + eq + 1 + (len(part[eq + 1 :]) - len(part[eq + 1 :].lstrip()))
+    for k in range(len(written)):
+      ok = ok and written[: k + 1] == true[: k + 1]
+      out.append((first + k + 1, float(ok)))
+    ok = ok and written == true
+    if closed:
+      out.append((start + len(part) + 1, float(ok)))
+    start += len(part) + 1
   out.append((len(completion), float(grade(problem, completion))))
   return out
 
