@@ -160,7 +160,7 @@ def plan(config: ml_collections.ConfigDict, *, num_devices: int | None = None) -
   mesh_shape = sharding.resolve_mesh_shape(shape, num_devices or jax.device_count())
   amesh = sharding.abstract_mesh(mesh_shape)
   vocab = _vocab_size(config)
-  lora_rank = int(config.model.get("lora_rank", 0))
+  lora_rank = int(config.model.lora_rank)
   dtype = jnp.dtype(config.model.dtype)
   model = models.make_model(preset=config.model.preset, vocab_size=vocab, dtype=dtype,
                             lora_rank=lora_rank)
@@ -192,7 +192,7 @@ def plan(config: ml_collections.ConfigDict, *, num_devices: int | None = None) -
 
   base = models.base_model(model)
   uses_verifier = any(rl.verifier == "learned" for rl in stages) or (
-      "verifier" in config and config.verifier.get("steps", 0) > 0)
+      "verifier" in config and config.verifier.steps > 0)
   verifier_num = 0
   if uses_verifier:
     vparams = jax.eval_shape(lambda r: verifier_lib.init_verifier(base, r), jax.random.key(0))
@@ -222,7 +222,7 @@ def plan(config: ml_collections.ConfigDict, *, num_devices: int | None = None) -
     length = prompt_len + rl.max_new_tokens - 1
     n_batch = mesh_shape[0] * mesh_shape[1]
     per_device["kv_cache_rl"] = samplers[0]["kv_per_device"]
-    micro = int(rl.get("microbatch_rows", 0))
+    micro = int(rl.microbatch_rows)
     if 0 < micro < rows:
       # One microbatch's rows at a time (rl.make_policy_update), over the batch
       # axes when they divide it, else on every device.
@@ -249,7 +249,7 @@ def plan(config: ml_collections.ConfigDict, *, num_devices: int | None = None) -
       "preset": config.model.preset,
       "mesh_shape": mesh_shape,
       "param_dtype": str(dtype),
-      "opt_state_dtype": config.model.get("opt_state_dtype", "") or str(dtype),
+      "opt_state_dtype": config.model.opt_state_dtype or str(dtype),
       "lora_rank": lora_rank,
       "vocab_size": vocab,
       "num_params": models.num_params(state.params),

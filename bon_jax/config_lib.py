@@ -24,6 +24,8 @@ NOT_IDENTITY = {"rl": ("microbatch_rows",)}
 # these defaults (their values then), so it still resumes.
 ADDED_LATER = {
     "task": {"solution_format": "expression", "num_digits_weights": None},
+    # Declared in the defaults later (read with these defaults before).
+    "model": {"lora_rank": 0, "opt_state_dtype": ""},
     "rl": {"verifier_auc": 0.8, "verifier_noise_seed": 0},
 }
 CONFIG_FILE = "config.json"
@@ -65,15 +67,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
       config.task.name in TASKS,
       f"config.task.name={config.task.name!r} is unknown; choose one of {TASKS}",
   )
-  lora_rank = config.model.get("lora_rank", 0)
+  lora_rank = config.model.lora_rank
   _require(
       isinstance(lora_rank, int) and not isinstance(lora_rank, bool) and lora_rank >= 0,
       f"config.model.lora_rank must be an integer >= 0 (0 = no LoRA), got {lora_rank!r}",
   )
   _require(
-      config.model.get("opt_state_dtype", "") in ("", "float32", "bfloat16"),
+      config.model.opt_state_dtype in ("", "float32", "bfloat16"),
       "config.model.opt_state_dtype must be '' (the params' dtype), 'float32' or 'bfloat16',"
-      f" got {config.model.get('opt_state_dtype')!r}",
+      f" got {config.model.opt_state_dtype!r}",
   )
   _require(
       config.tokenizer.kind in ("task", "sentencepiece"),
@@ -133,13 +135,13 @@ def _validate_pipeline(config: ml_collections.ConfigDict) -> None:
   _require(train.BASE not in algorithms,
            f"config.algorithms: {train.BASE!r} names the SFT starting policy; call the stage otherwise")
   _positive_int(config, "verifier.steps", minimum=0)
-  rank_weight = config.verifier.get("rank_weight", 0.0)
+  rank_weight = config.verifier.rank_weight
   _require(isinstance(rank_weight, (int, float)) and rank_weight >= 0,
            f"config.verifier.rank_weight must be a number >= 0, got {rank_weight!r}")
-  pooling = config.verifier.get("pooling", "last")
+  pooling = config.verifier.pooling
   _require(pooling in ("last", "min"),
            f"config.verifier.pooling must be 'last' or 'min', got {pooling!r}")
-  for t in config.eval.get("extra_temperatures", ()):
+  for t in config.eval.extra_temperatures:
     _require(isinstance(t, (int, float)) and t > 0,
              f"config.eval.extra_temperatures must hold temperatures > 0, got {t!r}")
   for name in algorithms:

@@ -230,7 +230,7 @@ def add_lora(model: gm.nn.LoRA, base_params: Params, rng: jax.Array) -> Params:
 def policy_from_config(model_cfg: Any, vocab_size: int | None = None) -> Any:
   """`make_model` from ``config.model`` (preset, dtype, lora_rank)."""
   return make_model(preset=model_cfg.preset, vocab_size=vocab_size,
-                    dtype=jnp.dtype(model_cfg.dtype), lora_rank=int(model_cfg.get("lora_rank", 0)))
+                    dtype=jnp.dtype(model_cfg.dtype), lora_rank=int(model_cfg.lora_rank))
 
 
 def ensure_adapters(model: Any, params: Params, rng: jax.Array) -> Params:

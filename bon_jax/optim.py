@@ -75,5 +75,5 @@ def finetune(
 
 def for_config(optimizer: optax.GradientTransformation, model_cfg: Any) -> optax.GradientTransformation:
   """`finetune` with ``config.model.lora_rank`` and ``config.model.opt_state_dtype``."""
-  return finetune(optimizer, lora=model_cfg.get("lora_rank", 0) > 0,
-                  state_dtype=model_cfg.get("opt_state_dtype", ""))
+  return finetune(optimizer, lora=model_cfg.lora_rank > 0,
+                  state_dtype=model_cfg.opt_state_dtype)

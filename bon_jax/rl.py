@@ -26,8 +26,8 @@ policy samples (for ``sft`` they get weight 0 and only feed the logs).
 
 Example::
 
-  cfg = rl.default_rl_config()
-  cfg.algorithm, cfg.N_prime, cfg.N = "bon_rl_s", 8, 4
+  config = defaults.base_config()  # Or an experiment's, e.g. configs/demo.py.
+  config.rl.algorithm, config.rl.N_prime, config.rl.N = "bon_rl_s", 8, 4
   state, history = rl.train_rl(config, "/tmp/bon_rl", init_params=sft_params)
 
 Regularisers, both at the sequence level and both on the policy's own samples
@@ -83,13 +83,6 @@ _GROUPED = ("bon_rl_v", "bon_rl_s")
 _SUBSET = ("best_of_k", "pass_at_k", "max_at_k", "maj_at_k")
 
 
-def default_rl_config() -> ml_collections.ConfigDict:
-  """``config.rl``'s defaults (configs/common.py `rl_config`, documented there)."""
-  from configs import common  # pylint: disable=g-import-not-at-top
-
-  return common.rl_config()
-
-
 def validate_rl_config(cfg: ml_collections.ConfigDict) -> None:
   """Raises `config_lib.UserError` (one line) on settings that cannot run."""
 
@@ -108,7 +101,7 @@ def validate_rl_config(cfg: ml_collections.ConfigDict) -> None:
   need(cfg.learning_rate > 0, "config.rl.learning_rate must be > 0")
   need(cfg.temperature > 0, "config.rl.temperature must be > 0 (log pi of greedy decoding is undefined)")
   need(cfg.kl_coef >= 0 and cfg.entropy_coef >= 0, "config.rl.kl_coef and entropy_coef must be >= 0")
-  mb = cfg.get("microbatch_rows", 0)
+  mb = cfg.microbatch_rows
   need(isinstance(mb, int) and not isinstance(mb, bool) and mb >= 0,
        f"config.rl.microbatch_rows must be an integer >= 0 (0 = the whole batch in one pass), got {mb!r}")
   if cfg.algorithm in _GROUPED:
@@ -120,7 +113,7 @@ def validate_rl_config(cfg: ml_collections.ConfigDict) -> None:
   need(cfg.verifier in ("grader", "learned", "noisy"),
        f"config.rl.verifier must be 'grader', 'learned' or 'noisy', got {cfg.verifier!r}")
   if cfg.verifier == "noisy":
-    auc = cfg.get("verifier_auc", 1.0)
+    auc = cfg.verifier_auc
     need(isinstance(auc, (int, float)) and 0.5 < auc <= 1.0,
          f"config.rl.verifier_auc must be in (0.5, 1] for rl.verifier='noisy', got {auc!r}")
 
@@ -420,7 +413,7 @@ def rl_step(
     update_fn: `make_policy_update(...)`.
     tokenizer: encodes prompts / decodes completions.
     task: a task module (`prompt_text`, `sft_targets`, `grade`, `answer_key`).
-    cfg: ``config.rl`` (`default_rl_config`).
+    cfg: ``config.rl`` (`defaults.rl_config`).
     rng: PRNG key of this step's samples.
     reward_fn: the environment reward R, a `Verifier` callable (default: the
       task's grader, 0/1).
@@ -521,7 +514,8 @@ def _sharded_prompts(tokenizer: Any, texts: Sequence[str], prompt_len: int | Non
 
 
 @functools.lru_cache(maxsize=4)
-def _optimizer_and_update(model, opt_items, kl_coef, entropy_coef, temperature, mesh=None, model_opt=(),
+def _optimizer_and_update(model, opt_items, kl_coef, entropy_coef, temperature, mesh=None,
+                          model_opt=(("lora_rank", 0), ("opt_state_dtype", "")),
                           microbatch_rows=0):
   """One compiled update per (model, optimizer settings, coefficients, microbatch) per process.
 
@@ -571,7 +565,7 @@ def train_rl(
 
   Args:
     config: the experiment config (task, tokenizer, model, seed) with an
-      ``rl`` section (`default_rl_config`).
+      ``rl`` section (`defaults.rl_config`).
     workdir: run directory (checked with `config_lib.prepare_workdir`).
     init_params: the starting policy (e.g. the SFT checkpoint's params); it
       is also the frozen reference for KL. None: `train.initial_params`.
@@ -600,9 +594,9 @@ def train_rl(
   opt_items = tuple(sorted(_optimizer_config(rl).items()))
   optimizer, update_fn = _optimizer_and_update(
       model, opt_items, float(rl.kl_coef), float(rl.entropy_coef), float(rl.temperature), mesh,
-      (("lora_rank", int(config.model.get("lora_rank", 0))),
-       ("opt_state_dtype", str(config.model.get("opt_state_dtype", "")))),
-      int(rl.get("microbatch_rows", 0)))
+      (("lora_rank", int(config.model.lora_rank)),
+       ("opt_state_dtype", str(config.model.opt_state_dtype))),
+      int(rl.microbatch_rows))
   state = train.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
   if mesh is None:
     # Committed like restored arrays, so a resumed run reuses the compiled programs.
@@ -629,13 +623,13 @@ def train_rl(
     except FileNotFoundError as e:
       raise config_lib.UserError(str(e)) from None
     verifier = verifier_lib.learned_verifier(models.base_model(model), vparams, tokenizer=tok, task=task,
-                                             pooling=config.verifier.get("pooling", "last"))
+                                             pooling=config.verifier.pooling)
   prompt_len = int(input_pipeline.encode_prompts(tok, [task.prompt_text(p) for p in problems]).shape[1])
   jsonl = train.JsonlWriter(os.path.join(workdir, "metrics.jsonl"))
   from clu import metric_writers  # pylint: disable=g-import-not-at-top  (imports TensorFlow)
 
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
-  seed = config.seed if rl.get("seed") is None else int(rl.seed)
+  seed = config.seed if rl.seed is None else int(rl.seed)
   history = []
   bar = tqdm.tqdm(total=rl.steps, initial=start, desc=rl.algorithm, unit="step", dynamic_ncols=True,
                   disable=jax.process_index() > 0)

@@ -38,6 +38,7 @@ import orbax.checkpoint as ocp
 import tqdm
 
 from bon_jax import config_lib
+from bon_jax import defaults
 from bon_jax import evaluate
 from bon_jax import input_pipeline
 from bon_jax import models
@@ -456,7 +457,7 @@ def _verifier_stage(config, workdir, model, base_params, tok, train_set, test_se
       saved = json.load(f)
     if "verifier" in saved.get("config", {}):
       # Fields added to config.verifier after the stage ran count at their defaults.
-      defaults = json.loads(json.dumps(verifier_lib.default_verifier_config().to_dict()))
+      defaults = json.loads(json.dumps(defaults.verifier_config().to_dict()))
       saved["config"]["verifier"] = {**defaults, **saved["config"]["verifier"]}
     if saved.get("config") != want:
       raise config_lib.UserError(
@@ -484,7 +485,7 @@ def _verifier_stage(config, workdir, model, base_params, tok, train_set, test_se
 def _evaluate_all(config, workdir, model, params, tok, test_set, step, verifier, task) -> dict[str, Any]:
   """`_evaluate_once` at eval.temperature and at each extra temperature."""
   results = _evaluate_once(config, workdir, model, params, tok, test_set, step, verifier, task=task)
-  for t in config.eval.get("extra_temperatures", ()):
+  for t in config.eval.extra_temperatures:
     cfg = ml_collections.ConfigDict(config.to_dict())
     cfg.eval.temperature = float(t)
     _evaluate_once(cfg, workdir, model, params, tok, test_set, step, verifier, task=task, suffix=f"_T{t:g}")

@@ -601,13 +601,6 @@ def learned_verifier(
 # Config and checkpoints.
 
 
-def default_verifier_config() -> ml_collections.ConfigDict:
-  """``config.verifier``'s defaults (configs/common.py `verifier_config`)."""
-  from configs import common  # pylint: disable=g-import-not-at-top
-
-  return common.verifier_config()
-
-
 def run_verifier_stage(
     cfg: ml_collections.ConfigDict,
     *,
@@ -622,7 +615,7 @@ def run_verifier_stage(
   """The verifier stage: sample and grade, train (BCE + ranking), evaluate, save.
 
   Args:
-    cfg: `default_verifier_config()`.
+    cfg: ``config.verifier`` (`defaults.verifier_config`).
     model: the backbone architecture (the policy's).
     policy_params: the policy that produces the samples (and the backbone
       init when ``cfg.init == "policy"``).
@@ -640,7 +633,7 @@ def run_verifier_stage(
   """
   if cfg.init not in ("policy", "random"):
     raise ValueError(f"verifier init must be 'policy' or 'random', got {cfg.init!r}")
-  synthetic = int(cfg.get("synthetic_prompts", 0))
+  synthetic = int(cfg.synthetic_prompts)
   if len(train_problems) < cfg.num_prompts + synthetic or len(test_problems) < cfg.holdout_prompts:
     extra = f" (+ {synthetic} for synthetic_prompts)" if synthetic else ""
     raise ValueError(
@@ -657,8 +650,8 @@ def run_verifier_stage(
                             rng=jax.random.fold_in(key, 1), **data_kw)
   params = init_verifier(model, jax.random.fold_in(key, 2),
                          backbone=policy_params if cfg.init == "policy" else None)
-  rank_weight = float(cfg.get("rank_weight", 0.0))
-  pooling = cfg.get("pooling", "last")
+  rank_weight = float(cfg.rank_weight)
+  pooling = cfg.pooling
   if synthetic:  # Task-made groups from the training prompts after the sampled ones.
     train_data = concat_groups(train_data, task_made_data(
         tokenizer=tokenizer, task=task, problems=train_problems[cfg.num_prompts : cfg.num_prompts + synthetic],

@@ -23,6 +23,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
+from bon_jax import defaults
 from bon_jax import models
 from bon_jax import rl
 from bon_jax import sharding
@@ -42,7 +43,7 @@ def rl_step(mesh):
   """One `rl.rl_step` of a micro policy on `mesh` (None: one device, unsharded)."""
   tok = tokenizer_lib.task_tokenizer()
   model = models.make_model(preset="micro", vocab_size=tok.vocab_size)
-  cfg = rl.default_rl_config()
+  cfg = defaults.rl_config()
   cfg.algorithm, cfg.N_prime, cfg.N, cfg.max_new_tokens = "rloo", 4, 4, 6
   cfg.learning_rate, cfg.kl_coef = 1e-3, 0.1
   # AdamW with eps raised from 1e-8 (see mesh_parity_check.py): near-zero gradients

@@ -10,6 +10,7 @@ import optax
 import pytest
 
 from bon_jax import config_lib
+from bon_jax import defaults
 from bon_jax import models
 from bon_jax import rl
 from bon_jax import tokenizer as tokenizer_lib
@@ -127,7 +128,7 @@ def test_entropy_bonus_raises_and_its_negative_lowers_entropy(setup):
 
 
 def _rl_cfg(**kw):
-  cfg = rl.default_rl_config()
+  cfg = defaults.rl_config()
   cfg.N_prime, cfg.N, cfg.prompts_per_step, cfg.max_new_tokens = 4, 2, 2, 24
   cfg.learning_rate, cfg.weight_decay, cfg.log_every = 1e-2, 0.0, 1
   cfg.update(kw)

@@ -6,6 +6,7 @@ import logging
 import pytest
 import tensorflow_datasets as tfds
 
+from bon_jax import defaults
 from bon_jax import tfds_builders
 from bon_jax import train
 from bon_jax.tasks import countdown
@@ -24,12 +25,12 @@ def test_builders_are_in_tfds_listing():
   assert {"bon_countdown", "bon_hendrycks_math", "bon_humaneval"} <= set(tfds.list_builders())
 
 
-def test_tfds_load_of_the_embedded_task_equals_the_demos_problems(tmp_path):
-  config = demo.get_config()
+def test_tfds_load_of_the_embedded_task_equals_the_default_tasks_problems(tmp_path):
+  config = defaults.base_config()
   train_set, test_set = train.make_task_splits(config.task)  # What the trainers read.
   assert _problems("bon_countdown", "test", tmp_path) == test_set
   assert _problems("bon_countdown", "train", tmp_path) == train_set
-  # The pipeline's path with the demo's own options: its registered config, by name.
+  # The pipeline's path with the default task's options: its registered config, by name.
   assert train.make_task_splits(config.task, str(tmp_path)) == (train_set, test_set)
   # The records are the task module's own prompt and SFT target functions.
   rec = next(iter(tfds.as_numpy(tfds.load("bon_countdown", split="test", data_dir=tmp_path))))

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from bon_jax import bon
+from bon_jax import defaults
 from bon_jax import models
 from bon_jax import verifier
 
@@ -195,7 +196,7 @@ def test_verifier_stage_trains_on_graded_policy_samples_and_saves(tmp_path):
   train_set, test_set = countdown.make_splits(seed=0, num_train=4, num_test=2)
   model = models.make_model(preset="micro", vocab_size=tok.vocab_size)
   policy = verifier.init_verifier(model, jax.random.key(4))["backbone"]
-  cfg = verifier.default_verifier_config()
+  cfg = defaults.verifier_config()
   # steps=0: BCE training is pinned above; this checks the plumbing (sample, grade, pack, save).
   cfg.update(dict(num_prompts=4, holdout_prompts=2, num_samples=2, max_new_tokens=4, steps=0,
                   warmup_steps=0, ks=(1, 2, 4), prompts_per_batch=2))
