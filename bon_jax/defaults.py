@@ -108,7 +108,7 @@ def base_config() -> ml_collections.ConfigDict:
 def rl_config() -> ml_collections.ConfigDict:
   """``config.rl``: one BoN-aware fine-tuning stage (bon_jax/rl.py)."""
   c = ml_collections.ConfigDict()
-  # A name of bon_jax.bon.WEIGHT_FNS: sft, rloo, grpo, bon_sft, bon_rl_v,
+  # A name of bon_jax.algorithms.REGISTRY: sft, rloo, grpo, bon_sft, bon_rl_v,
   # bon_rl_s, bon_rlb, bon_rlb_p, best_of_k, pass_at_k, max_at_k, maj_at_k.
   c.algorithm = "rloo"
   c.N_prime = 8  # Samples per prompt per step (N').

@@ -16,7 +16,7 @@ Importing this module registers three builders with TFDS (they then appear in
 Each record holds readable columns (`id`, `problem`, `level`, `prompt`, ...)
 and `record`, the problem object as JSON; `problems(...)` turns records back
 into exactly the objects the trainers use: the pipeline reads its task through
-these builders (`registry.load_splits(cfg, tfds_dir=<workdir>/tfds)`). Records
+these builders (`load_splits(config.task, <workdir>/tfds)`). Records
 keep the generator's order (no TFDS shuffling). They are written as TFRecord
 (TFDS's default, what `tfds.load` reads); `tfds.data_source` needs them as
 ArrayRecord, prepared with ``builder_kwargs={"file_format": "array_record"}``
@@ -43,14 +43,16 @@ import functools
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from absl import logging
+import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
 from bon_jax import defaults
+from bon_jax.tasks import arith
 from bon_jax.tasks import countdown
 from bon_jax.tasks import hendrycks_math
 from bon_jax.tasks import humaneval
@@ -143,8 +145,6 @@ def _generator_digest() -> str:
 
   So data prepared by an older bon_jax is never read as the current task's.
   """
-  from bon_jax.tasks import arith  # pylint: disable=g-import-not-at-top
-
   h = hashlib.sha1()
   for module in (countdown, arith):
     with open(module.__file__, "rb") as f:
@@ -241,7 +241,40 @@ class BonHumaneval(tfds.core.GeneratorBasedBuilder):
 
 
 # ----------------------------------------------------------------------------
-# What the trainers read (`registry.load_splits(..., tfds_dir=...)`).
+# What the trainers read (`load_splits`).
+
+
+def load_splits(cfg: ml_collections.ConfigDict, data_dir: str) -> tuple[list[Any], list[Any]]:
+  """(train, test) of ``config.task`` through these builders, prepared in `data_dir`.
+
+  The same problems as `registry.load_splits` (a MATH-500 style ``test_path``
+  file is read directly).
+  """
+  if cfg.name == "countdown":
+    return countdown_splits(registry.countdown_options(cfg), data_dir)
+  if cfg.name == "hendrycks_math":
+    kw = registry.math_filters(cfg)
+    if cfg.test_path:
+      test = hendrycks_math.load_math(cfg.test_path, **kw)
+    else:
+      test = _filter_math(math_split(cfg.data_dir, "test", data_dir), **kw)
+    train = _filter_math(math_split(cfg.data_dir, "train", data_dir), **kw)
+    return train, test
+  if cfg.name == "humaneval":
+    return registry.humaneval_splits(cfg, humaneval_problems(data_dir))
+  raise ValueError(f"config.task.name={cfg.name!r} is unknown; choose one of {registry.NAMES}")
+
+
+def _filter_math(problems: Sequence[Any], *, levels: Sequence[int],
+                 subjects: Sequence[str] | None) -> list[Any]:
+  """`hendrycks_math.load_math`'s level and subject filters on loaded problems."""
+  keys = None if subjects is None else {hendrycks_math.subject_key(s) for s in subjects}
+  out = [p for p in problems
+         if p.level in levels and (keys is None or p.subject in keys)]
+  if not out:
+    raise ValueError(f"no MATH problems left with levels={levels}, subjects={subjects}")
+  return out
+
 
 
 def _load(builder: tfds.core.DatasetBuilder, split: str, manual_dir: str | None = None) -> list[Any]:
