@@ -55,7 +55,7 @@ BASE = config_lib.BASE  # The SFT policy in the pipeline's results and tables.
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """The whole job, resuming every stage from `workdir`.
 
-  1. SFT (`train_sft`) of the policy: the base of every later stage.
+  1. SFT (`train.train_sft`) of the policy: the base of every later stage.
   2. The learned verifier (`verifier.run_verifier_stage`) on the SFT policy's
      graded samples, when ``config.verifier.steps > 0``.
   3. Each of ``config.algorithms`` fine-tuned from the SFT policy through the
