@@ -117,8 +117,8 @@ def _verifier_stage(config, workdir, model, base_params, tok, train_set, test_se
       saved = json.load(f)
     if "verifier" in saved.get("config", {}):
       # Fields added to config.verifier after the stage ran count at their defaults.
-      defaults = json.loads(json.dumps(defaults.verifier_config().to_dict()))
-      saved["config"]["verifier"] = {**defaults, **saved["config"]["verifier"]}
+      current = json.loads(json.dumps(defaults.verifier_config().to_dict()))
+      saved["config"]["verifier"] = {**current, **saved["config"]["verifier"]}
     if saved.get("config") != want:
       raise config_lib.UserError(
           f"{out_dir} holds a verifier trained with another config.verifier or SFT length;"

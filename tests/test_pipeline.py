@@ -8,7 +8,6 @@ import pytest
 
 from bon_jax import config_lib
 from bon_jax import pipeline
-from bon_jax import report
 from bon_jax import validation
 from configs import countdown_bon
 from configs import demo
