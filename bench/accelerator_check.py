@@ -56,7 +56,7 @@ from bon_jax import models  # pylint: disable=g-import-not-at-top
 from bon_jax import optim  # pylint: disable=g-import-not-at-top
 from bon_jax import rl  # pylint: disable=g-import-not-at-top
 from bon_jax import sampling  # pylint: disable=g-import-not-at-top
-from bon_jax import train  # pylint: disable=g-import-not-at-top
+from bon_jax import trainer_lib  # pylint: disable=g-import-not-at-top
 import sampler_bench  # pylint: disable=g-import-not-at-top  (bench/: the gm.text.Sampler peer)
 
 BEGIN = "<!-- accelerator-check:begin -->"
@@ -250,7 +250,7 @@ def stage_update(shape: Shape, lora: bool) -> dict:
   opt = optim.finetune(optax.adamw(1e-6), lora=lora, state_dtype="float32")
   update = rl.make_policy_update(model, opt, microbatch_rows=shape.microbatch_rows)
   batch = _update_batch(shape, models.base_model(model).config.num_embed)
-  state = train.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt.init(params))
+  state = trainer_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt.init(params))
   t0 = time.perf_counter()
   compiled = update.lower(state, None, batch).compile()
   out = {"compile_s": time.perf_counter() - t0, "compiled_bytes": memory(compiled)}

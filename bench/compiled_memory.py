@@ -44,12 +44,13 @@ import optax  # pylint: disable=g-import-not-at-top
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from bon_jax import capacity  # pylint: disable=g-import-not-at-top
+from bon_jax import experiment  # pylint: disable=g-import-not-at-top
 from bon_jax import models  # pylint: disable=g-import-not-at-top
 from bon_jax import optim  # pylint: disable=g-import-not-at-top
 from bon_jax import rl  # pylint: disable=g-import-not-at-top
 from bon_jax import sampling  # pylint: disable=g-import-not-at-top
 from bon_jax import sharding  # pylint: disable=g-import-not-at-top
-from bon_jax import train  # pylint: disable=g-import-not-at-top
+from bon_jax import trainer_lib  # pylint: disable=g-import-not-at-top
 from bon_jax import verifier as verifier_lib  # pylint: disable=g-import-not-at-top
 
 GiB = 2**30
@@ -78,14 +79,14 @@ def run(name: str, programs: tuple[str, ...], preset: str | None) -> dict:
       config.tokenizer.kind = "task"
   plan = capacity.plan(config, num_devices=8)
   mesh = sharding.make_mesh(plan["mesh_shape"])
-  model = train.make_policy(config, _Vocab(plan["vocab_size"]))
+  model = experiment.make_policy(config, _Vocab(plan["vocab_size"]))
   base = models.base_model(model)
   stage = capacity._stages(config)[0]  # pylint: disable=protected-access
-  optimizer = optim.for_config(train.make_optimizer(stage), config.model)
+  optimizer = optim.for_config(trainer_lib.make_optimizer(stage), config.model)
 
   def init_state(rng):
     params = models.init_params(model, rng)
-    return train.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
+    return trainer_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
 
   state = jax.eval_shape(init_state, jax.random.key(0))
   b, n, p, t = stage.prompts_per_step, stage.N_prime, plan["samplers"][0]["P"], stage.max_new_tokens
@@ -121,7 +122,7 @@ def run(name: str, programs: tuple[str, ...], preset: str | None) -> dict:
     vcfg = config.verifier
     vparams = jax.eval_shape(lambda r: verifier_lib.init_verifier(base, r), jax.random.key(0))
     vopt = optax.adamw(1e-4)
-    vstate = verifier_lib.VerifierState(step=jax.ShapeDtypeStruct((), jnp.int32), params=vparams,
+    vstate = trainer_lib.TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=vparams,
                                         opt_state=jax.eval_shape(vopt.init, vparams))
     vstate = sharded_abstract(vstate, mesh, sharding.state_specs(vstate, mesh))
     g = max(1, vcfg.batch_size // vcfg.num_samples)

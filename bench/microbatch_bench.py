@@ -34,7 +34,7 @@ import optax  # pylint: disable=g-import-not-at-top
 
 from bon_jax import models  # pylint: disable=g-import-not-at-top
 from bon_jax import rl  # pylint: disable=g-import-not-at-top
-from bon_jax import train  # pylint: disable=g-import-not-at-top
+from bon_jax import trainer_lib  # pylint: disable=g-import-not-at-top
 
 MIB = 2**20
 
@@ -76,7 +76,7 @@ def main() -> None:
 
   def fresh_state():
     p = jax.tree.map(jnp.array, params)  # Donated by the update.
-    return train.TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=opt.init(p))
+    return trainer_lib.TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=opt.init(p))
 
   print(f"{jax.devices()[0].platform} ({os.cpu_count()} cores), preset {args.preset}"
         f" ({models.num_params(params):,} params), V={args.vocab}, {rows} rows x {args.length} tokens,"

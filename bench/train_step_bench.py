@@ -2,7 +2,7 @@
 
 One step of `bon_jax.rl.rl_step` is: sample N' completions for each of B
 prompts, grade them (host), turn rewards into per-sample weights with the
-algorithm's weight function (`bon.weights_fn`), and apply one jitted update.
+algorithm's weight function (`algorithms.weights_fn`), and apply one jitted update.
 Only the weights differ between algorithms, so the script samples once per
 N' and then, round-robin over the algorithms, times the weights and the
 update on the same samples (median of `--repeats` after a warm-up):
@@ -41,15 +41,17 @@ import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 import ml_collections  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 
-from bon_jax import bon  # pylint: disable=g-import-not-at-top
+from bon_jax import algorithms  # pylint: disable=g-import-not-at-top
 from bon_jax import input_pipeline  # pylint: disable=g-import-not-at-top
 from bon_jax import models  # pylint: disable=g-import-not-at-top
 from bon_jax import rl  # pylint: disable=g-import-not-at-top
 from bon_jax import sampling  # pylint: disable=g-import-not-at-top
 from bon_jax import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
-from bon_jax import train  # pylint: disable=g-import-not-at-top
+from bon_jax import trainer_lib  # pylint: disable=g-import-not-at-top
 from bon_jax import verifier as verifier_lib  # pylint: disable=g-import-not-at-top
+from bon_jax.tasks import base as task_lib  # pylint: disable=g-import-not-at-top
 from bon_jax.tasks import countdown  # pylint: disable=g-import-not-at-top
+from bon_jax.tasks import registry  # pylint: disable=g-import-not-at-top
 
 BEGIN = "<!-- train-step-bench:begin -->"
 END = "<!-- train-step-bench:end -->"
@@ -84,7 +86,7 @@ def bench_n_prime(n_prime: int, *, prompts: int, new_tokens: int, repeats: int, 
   train_set, _ = countdown.make_splits(seed=0, num_train=256, num_test=8)
   problems = train_set[:prompts]
   enc = jnp.asarray(input_pipeline.encode_prompts(tok, [countdown.prompt_text(p) for p in problems]))
-  opt = train.make_optimizer(ml_collections.ConfigDict(dict(
+  opt = trainer_lib.make_optimizer(ml_collections.ConfigDict(dict(
       learning_rate=1e-5, warmup_steps=0, steps=1000, grad_clip_norm=1.0, weight_decay=0.0)))
   update = rl.make_policy_update(model, opt, kl_coef=kl, entropy_coef=ent, temperature=1.0)
 
@@ -99,7 +101,7 @@ def bench_n_prime(n_prime: int, *, prompts: int, new_tokens: int, repeats: int, 
 
   def grade():
     texts = verifier_lib.decode_completions(tok, comp)
-    correct, answers = verifier_lib.grade_completions(countdown, problems, texts)
+    correct, answers = task_lib.grade_completions(registry.COUNTDOWN, problems, texts)
     return np.asarray(correct, np.float32), answers
 
   # Random rewards with ties, so every estimator does its full work (graded
@@ -111,12 +113,12 @@ def bench_n_prime(n_prime: int, *, prompts: int, new_tokens: int, repeats: int, 
 
   def weights(name):
     n = min(4, n_prime)
-    fn = bon.weights_fn(name, N=n)
+    fn = algorithms.weights_fn(name, N=n)
     extra = {"answers": answers} if name == "maj_at_k" else {}
     return np.asarray(fn(rewards, scores, None, **extra), np.float32)
 
   def run_update(w):
-    state = train.TrainState(step=jnp.zeros((), jnp.int32), params=jax.tree.map(jnp.array, params),
+    state = trainer_lib.TrainState(step=jnp.zeros((), jnp.int32), params=jax.tree.map(jnp.array, params),
                              opt_state=opt.init(params))
     batch = {"tokens": tokens, "completion_mask": cmask, "weights": jnp.asarray(w),
              "sample_mask": sample_mask}
@@ -126,7 +128,7 @@ def bench_n_prime(n_prime: int, *, prompts: int, new_tokens: int, repeats: int, 
     weights(name)  # Compile (bon's weight functions are jitted per shape).
   w0 = weights("rloo")
   jax.block_until_ready(run_update(w0)())  # Compile.
-  state0 = train.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt.init(params))
+  state0 = trainer_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt.init(params))
   batch0 = {"tokens": tokens, "completion_mask": cmask, "weights": jnp.asarray(w0), "sample_mask": sample_mask}
   cost = update.lower(state0, params, batch0).compile().cost_analysis()
   cost = cost[0] if isinstance(cost, list) else cost

@@ -38,9 +38,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 
+from bon_jax import experiment  # pylint: disable=g-import-not-at-top
 from bon_jax import grading  # pylint: disable=g-import-not-at-top
 from bon_jax import input_pipeline  # pylint: disable=g-import-not-at-top
 from bon_jax import models  # pylint: disable=g-import-not-at-top
+from bon_jax import pipeline  # pylint: disable=g-import-not-at-top
 from bon_jax import train  # pylint: disable=g-import-not-at-top
 from bon_jax import verifier as verifier_lib  # pylint: disable=g-import-not-at-top
 from bon_jax.tasks import countdown  # pylint: disable=g-import-not-at-top
@@ -160,14 +162,14 @@ def main() -> None:
     vc.holdout_prompts = args.holdout_prompts
   if args.learning_rate:
     vc.learning_rate = args.learning_rate
-  tok, task = train.load_tokenizer(cfg), train.make_task(cfg)
-  train_set, test_set = train.make_task_splits(cfg.task)
-  model = train.make_policy(cfg, tok)
+  tok, task = experiment.load_tokenizer(cfg), experiment.make_task(cfg)
+  train_set, test_set = experiment.make_task_splits(cfg.task)
+  model = experiment.make_policy(cfg, tok)
   with tempfile.TemporaryDirectory() as tmp:  # train_sft only restores here: the source stays untouched.
     work = os.path.join(tmp, "sft")
     shutil.copytree(args.sft_workdir, work, ignore=shutil.ignore_patterns("rl", "verifier", "eval"))
     state = train.train_sft(cfg, work, model=model, tokenizer=tok, train_set=train_set, task=task)
-  policy, backbone = train._plain(model, state.params), models.base_model(model)  # pylint: disable=protected-access
+  policy, backbone = pipeline._plain(model, state.params), models.base_model(model)  # pylint: disable=protected-access
 
   key = jax.random.key(vc.seed)
   kw = dict(tokenizer=tok, task=task, num_samples=vc.num_samples, max_new_tokens=vc.max_new_tokens,

@@ -42,6 +42,8 @@ import numpy as np  # pylint: disable=g-import-not-at-top
 
 from bon_jax import bon  # pylint: disable=g-import-not-at-top
 from bon_jax import evaluate  # pylint: disable=g-import-not-at-top
+from bon_jax import experiment  # pylint: disable=g-import-not-at-top
+from bon_jax import pipeline  # pylint: disable=g-import-not-at-top
 from bon_jax import rl  # pylint: disable=g-import-not-at-top
 from bon_jax import train  # pylint: disable=g-import-not-at-top
 from bon_jax import verifier as verifier_lib  # pylint: disable=g-import-not-at-top
@@ -88,15 +90,15 @@ def main() -> None:
   for field in ("steps", "learning_rate", "kl_coef"):
     if getattr(args, field) is not None:
       cfg.rl[field] = getattr(args, field)
-  tok, task = train.load_tokenizer(cfg), train.make_task(cfg)
-  train_set, test_set = train.make_task_splits(cfg.task)
-  model = train.make_policy(cfg, tok)
+  tok, task = experiment.load_tokenizer(cfg), experiment.make_task(cfg)
+  train_set, test_set = experiment.make_task_splits(cfg.task)
+  model = experiment.make_policy(cfg, tok)
   with tempfile.TemporaryDirectory() as tmp:  # train_sft only restores here: the source stays untouched.
     work = os.path.join(tmp, "sft")
     shutil.copytree(args.sft_workdir, work, ignore=shutil.ignore_patterns("rl", "verifier", "eval"))
     base = train.train_sft(cfg, work, model=model, tokenizer=tok, train_set=train_set, task=task).params
 
-  policies = {train.BASE: base}
+  policies = {pipeline.BASE: base}
   for name, overrides in _stages(aucs).items():
     stage = ml_collections.ConfigDict(cfg.to_dict())
     stage.rl.update(overrides)
@@ -124,7 +126,7 @@ def main() -> None:
     per_prompt[name] = row
     print(f"evaluated {name}", flush=True)
 
-  base_row = per_prompt[train.BASE]
+  base_row = per_prompt[pipeline.BASE]
   table = {}
   for name, row in per_prompt.items():
     entry = {}
@@ -133,7 +135,7 @@ def main() -> None:
         entry[metric] = v
         continue
       entry[metric] = float(np.mean(v))
-      if name != train.BASE:
+      if name != pipeline.BASE:
         entry[metric + "_delta"], entry[metric + "_ci95"] = _paired(base_row[metric], v)
     table[name] = entry
   os.makedirs(args.out_dir, exist_ok=True)
@@ -150,7 +152,7 @@ def main() -> None:
            "| policy | " + " | ".join(f"Bo-{n_sel} @ AUC {a:g}" for a in aucs) + f" | pass@1 | pass@{n_sel} |",
            "|---|" + "---|" * (len(aucs) + 2)]
   for name, e in table.items():
-    cell = lambda m: (f"{100 * e[m]:.1f}" if name == train.BASE else
+    cell = lambda m: (f"{100 * e[m]:.1f}" if name == pipeline.BASE else
                       f"{100 * e[m + '_delta']:+.1f} ±{100 * e[m + '_ci95']:.1f}")
     lines.append(f"| {name} | " + " | ".join(cell(f"bo@{n_sel}@{a:g}") for a in aucs)
                  + f" | {cell('pass@1')} | {cell(f'pass@{n_sel}')} |")

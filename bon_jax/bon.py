@@ -2,8 +2,7 @@
 
 Everything here works per prompt on a group of ``n`` samples, vectorised over
 any leading batch shape ``[..., n]`` (usually ``[B, n]``). Objectives and the
-derivations of every estimator are in ``docs/ESTIMATORS.md``; the notes they
-follow are in ``BON_NOTES.md``.
+derivations of every estimator are in ``docs/ESTIMATORS.md``.
 
 Metrics (unbiased U-statistics over the k-subsets of n >= k samples)::
 
@@ -16,7 +15,8 @@ Gradient weights: ``w = fn(rewards, scores, mask, **hparams)`` returns
 ``float[B, n]`` such that ``sum_i w_i * grad log pi(y_i | x)`` estimates the
 gradient of the function's objective for that prompt; a training loop
 minimises ``-mean_b sum_i stop_gradient(w_bi) * log pi(y_bi | x_b)``. Select
-one by name with ``weights_fn("bon_rl_v", N=4)``.
+one by name with ``algorithms.weights_fn("bon_rl_v", N=4)`` (bon_jax/algorithms.py,
+where each algorithm's needs are declared).
 
 Conventions: ``mask`` (bool ``[..., n]``, default all true) marks the samples
 that exist; masked samples get weight 0 and never count. Scores must be
@@ -28,12 +28,18 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+if TYPE_CHECKING:  # Shape annotations only (kauldron.typing imports TensorFlow).
+  from kauldron.typing import Bool, Float, Int, Num  # pylint: disable=g-multiple-import
+
+  Values = Float["*B n"]  # One value per sample: B groups (prompts) of n samples.
+  Mask = Bool["*B n"]  # The samples that exist.
+  PerGroup = Float["*B"]  # One value per group.
 
 Array = jax.Array
 
@@ -164,7 +170,7 @@ def _pass_at_k(correct: Array, k: int) -> Array:
   return 1.0 - _comb_ratio(n - c, jnp.full_like(c, n), k, n)
 
 
-def pass_at_k(correct, k: int) -> Array:
+def pass_at_k(correct: Num["*B n"], k: int) -> PerGroup:
   """Unbiased pass@k from n >= k samples: ``1 - C(n - c, k) / C(n, k)``.
 
   Objective estimated: pass@k = P(at least one of k iid samples is correct).
@@ -189,7 +195,7 @@ def _best_of_k(rewards: Array, scores: Array, k: int) -> Array:
   return jnp.sum(_selection_probs(scores, valid, k) * rewards, axis=-1)
 
 
-def best_of_k(rewards, scores, k: int) -> Array:
+def best_of_k(rewards: Values, scores: Values, k: int) -> PerGroup:
   """Unbiased Bo-k: the mean over all k-subsets of the reward BoN returns.
 
   Objective estimated: ``E_{y_1..k ~ pi}[R(y_sel)]`` where ``y_sel`` has the
@@ -215,7 +221,7 @@ def best_of_k(rewards, scores, k: int) -> Array:
   return _best_of_k(rewards, scores, k)
 
 
-def max_at_k(rewards, k: int) -> Array:
+def max_at_k(rewards: Values, k: int) -> PerGroup:
   """Unbiased max@k = ``E[max(R(y_1), .., R(y_k))]``: ``best_of_k(r, r, k)``.
 
   Example: ``max_at_k([0.2, 0.7, 0.5], 3) == 0.7``.
@@ -267,7 +273,7 @@ def _majority_win_counts(counts: tuple[int, ...], n_abstain: int, k: int) -> dic
   return result
 
 
-def maj_at_k(answers, correct, k: int) -> np.ndarray:
+def maj_at_k(answers: Int["*B n"], correct: Num["*B n"], k: int) -> PerGroup:
   """Unbiased maj@k: the accuracy of majority voting over k of the n samples.
 
   Objective estimated: ``E_{y_1..k ~ pi}[correct(most frequent answer)]``,
@@ -495,7 +501,8 @@ def _subset_credit(rewards: Array, scores: Array, valid: Array, k: int, ties=Non
   return credit, value
 
 
-def best_of_k_weights(rewards, scores=None, mask=None, *, k: int, baseline: bool = True) -> Array:
+def best_of_k_weights(rewards: Values, scores: Values | None = None, mask: Mask | None = None, *,
+                      k: int, baseline: bool = True) -> Values:
   """Unbiased subset gradient weights for Bo-k from n >= k samples.
 
   Objective: ``J_k(pi) = E_{y_1..k ~ pi}[R(y_sel)]``, y_sel the top-scored draw
@@ -541,7 +548,8 @@ def _best_of_k_weights(rewards, scores, valid, k, baseline):
   return jnp.where(valid & (n >= k), w, 0.0)
 
 
-def pass_at_k_weights(rewards, scores=None, mask=None, *, k: int, baseline: bool = True) -> Array:
+def pass_at_k_weights(rewards: Values, scores: Values | None = None, mask: Mask | None = None, *,
+                      k: int, baseline: bool = True) -> Values:
   """Unbiased subset gradient weights for pass@k (binary rewards).
 
   Objective: ``pass@k = 1 - p^k``, p = P_pi(R = 0). It is Bo-k with the reward
@@ -553,7 +561,8 @@ def pass_at_k_weights(rewards, scores=None, mask=None, *, k: int, baseline: bool
   return best_of_k_weights(correct, correct, mask, k=k, baseline=baseline)
 
 
-def max_at_k_weights(rewards, scores=None, mask=None, *, k: int, baseline: bool = True) -> Array:
+def max_at_k_weights(rewards: Values, scores: Values | None = None, mask: Mask | None = None, *,
+                     k: int, baseline: bool = True) -> Values:
   """Unbiased subset gradient weights for max@k (continuous rewards).
 
   Objective: ``E_{y_1..k ~ pi}[max_j R(y_j)]``; ``best_of_k_weights(R, R, k=k)``.
@@ -563,7 +572,8 @@ def max_at_k_weights(rewards, scores=None, mask=None, *, k: int, baseline: bool 
   return best_of_k_weights(rewards, rewards, mask, k=k, baseline=baseline)
 
 
-def maj_at_k_weights(rewards, scores=None, mask=None, *, k: int, answers) -> np.ndarray:
+def maj_at_k_weights(rewards: Values, scores: Values | None = None, mask: Mask | None = None, *,
+                     k: int, answers: Int["*B n"]) -> Values:
   """Unbiased subset gradient weights for maj@k (host-side numpy, not jit-able).
 
   Objective: ``E_{y_1..k ~ pi}[correct(majority answer)]`` (ties uniform,
@@ -607,7 +617,7 @@ def maj_at_k_weights(rewards, scores=None, mask=None, *, k: int, answers) -> np.
   return out.reshape(correct.shape)
 
 
-def rloo_weights(rewards, scores=None, mask=None) -> Array:
+def rloo_weights(rewards: Values, scores: Values | None = None, mask: Mask | None = None) -> Values:
   """REINFORCE with a leave-one-out baseline (RLOO): standard RL, N' = 1.
 
   Objective: ``E_{y ~ pi}[R(y)]``. ``w_i = (R_i - mean_{j != i} R_j) / n``
@@ -622,7 +632,8 @@ def rloo_weights(rewards, scores=None, mask=None) -> Array:
   return jnp.where(valid, w, 0.0)
 
 
-def grpo_weights(rewards, scores=None, mask=None, *, eps: float = 1e-6) -> Array:
+def grpo_weights(rewards: Values, scores: Values | None = None, mask: Mask | None = None, *,
+                 eps: float = 1e-6) -> Values:
   """GRPO-style normalised advantages: ``(R_i - mean R) / (std R + eps) / n``.
 
   Objective (heuristic): ``E_{y ~ pi}[R(y)]`` per prompt, rescaled by
@@ -640,7 +651,8 @@ def grpo_weights(rewards, scores=None, mask=None, *, eps: float = 1e-6) -> Array
   return jnp.where(valid, w, 0.0)
 
 
-def sft_weights(rewards=None, scores=None, mask=None) -> Array:
+def sft_weights(rewards: Values | None = None, scores: Values | None = None,
+                mask: Mask | None = None) -> Values:
   """Supervised fine-tuning on expert demonstrations: ``w_i = 1 / n``.
 
   Objective: ``mean_i log pi(y*_i | x)`` over the n demonstrations of a prompt.
@@ -653,7 +665,8 @@ def sft_weights(rewards=None, scores=None, mask=None) -> Array:
   return jnp.where(valid, 1.0 / jnp.maximum(n, 1.0), 0.0)
 
 
-def bon_rl_weights(rewards, scores=None, mask=None, *, N: int) -> Array:
+def bon_rl_weights(rewards: Values, scores: Values | None = None, mask: Mask | None = None, *,
+                   N: int) -> Values:
   """BoN-RL as in the paper: REINFORCE on disjoint groups of N draws.
 
   Objective: ``J(pi) = E_{y_1..N ~ pi}[R(y_sel)]`` = Bo-N with the verifier
@@ -694,12 +707,13 @@ def _bon_rl_weights(rewards, scores, valid, N):
   return jnp.where(group_ok & v, w, 0.0).reshape(shape)
 
 
-def bon_rl_v_weights(rewards, scores, mask=None, *, N: int) -> Array:
+def bon_rl_v_weights(rewards: Values, scores: Values, mask: Mask | None = None, *, N: int) -> Values:
   """BoN-RL-V: `bon_rl_weights` with a separate verifier ``scores``."""
   return bon_rl_weights(rewards, scores, mask, N=N)
 
 
-def bon_rl_s_weights(rewards, scores=None, mask=None, *, N: int) -> Array:
+def bon_rl_s_weights(rewards: Values, scores: Values | None = None, mask: Mask | None = None, *,
+                     N: int) -> Values:
   """BoN-RL-S: `bon_rl_weights` selecting with the reward (pass@N if binary)."""
   del scores
   return bon_rl_weights(rewards, rewards, mask, N=N)
@@ -747,8 +761,8 @@ def _fail_fraction(correct, valid, p_fail):
   return 1.0 - jnp.sum(jnp.where(valid, correct, 0.0), axis=-1, keepdims=True) / jnp.maximum(n, 1.0)
 
 
-def bon_rlb_weights(rewards, scores=None, mask=None, *, N: int, max_gain: float | None = None,
-                    p_fail=None) -> Array:
+def bon_rlb_weights(rewards: Values, scores: Values | None = None, mask: Mask | None = None, *, N: int,
+                    max_gain: float | None = None, p_fail: Float["*B"] | None = None) -> Values:
   """BoN-RLB, the paper's binary-reward closed form *(reported)*.
 
   Targets pass@N = 1 - p^N. ``w_i = [R_i g+(p) - (1 - R_i) g-(p)] / n`` with
@@ -779,7 +793,8 @@ def _bon_rlb_weights(correct, valid, p_fail, N, max_gain):
   return jnp.where(valid, w, 0.0)
 
 
-def bon_rlb_p_weights(rewards, scores=None, mask=None, *, N: int, p_fail=None) -> Array:
+def bon_rlb_p_weights(rewards: Values, scores: Values | None = None, mask: Mask | None = None, *,
+                      N: int, p_fail: Float["*B"] | None = None) -> Values:
   """BoN-RLB(P): positive samples only, ``w_i = R_i gbar+(p) / n`` *(reported)*.
 
   Targets pass@N. With samples drawn from pi_bon and the true p this is exact:
@@ -805,7 +820,8 @@ def _bon_rlb_p_weights(correct, valid, p_fail, N):
   return jnp.where(valid, correct * gbar / jnp.maximum(n, 1.0), 0.0)
 
 
-def bon_sft_weights(rewards=None, scores=None, mask=None, *, N: int, lam: float | None = None) -> Array:
+def bon_sft_weights(rewards: Values | None = None, scores: Values | None = None, mask: Mask | None = None, *,
+                    N: int, lam: float | None = None) -> Values:
   """BoN-SFT: imitation of an expert by the variational BoN policy.
 
   Objective: ``log pi_lam(y*|x)`` with ``pi_lam = pi exp(lam Q_pi) / Z``, whose
@@ -854,69 +870,3 @@ def _bon_sft_weights(scores, valid, lam):
   w_pol = jnp.where(pol_v, w_pol, 0.0)
   w_exp = jnp.where(valid[..., :1], 1.0, 0.0)
   return jnp.concatenate([w_exp, w_pol], axis=-1)
-
-
-# ----------------------------------------------------------------------------
-# Registry.
-
-# ----------------------------------------------------------------------------
-# The co-scaling law of Chow et al.: pass@N(T) ~ exp(a(T) * N^b(T)).
-
-
-def fit_pass_at_n_law(ns, pass_at_n) -> tuple[float, float]:
-  """Fits ``pass@N ~ exp(a * N^b)`` at one temperature; returns ``(a, b)``.
-
-  ``log(-log pass@N) = log(-a) + b log N`` is linear in ``log N``, so (a, b)
-  come from least squares on that line over the N with 0 < pass@N < 1 (at
-  least two needed). A curve rising towards 1 has a < 0 and b < 0.
-
-  Example: ``a, b = fit_pass_at_n_law([1, 2, 4, 8], [0.1, 0.19, 0.33, 0.52])``.
-  """
-  ns, p = np.asarray(ns, np.float64), np.asarray(pass_at_n, np.float64)
-  ok = (p > 0) & (p < 1)
-  if ok.sum() < 2:
-    raise ValueError(f"need >= 2 values of pass@N strictly between 0 and 1, got {p.tolist()}")
-  slope, intercept = np.polyfit(np.log(ns[ok]), np.log(-np.log(p[ok])), 1)
-  return -float(np.exp(intercept)), float(slope)
-
-
-def pass_at_n_law(a: float, b: float, n) -> np.ndarray:
-  """The fitted law's pass@N: ``exp(a * N^b)``."""
-  return np.exp(a * np.asarray(n, np.float64) ** b)
-
-
-WEIGHT_FNS: dict[str, Callable[..., Any]] = {
-    "sft": sft_weights,
-    "rloo": rloo_weights,
-    "grpo": grpo_weights,
-    "bon_sft": bon_sft_weights,
-    "bon_rl_v": bon_rl_v_weights,
-    "bon_rl_s": bon_rl_s_weights,
-    "bon_rlb": bon_rlb_weights,
-    "bon_rlb_p": bon_rlb_p_weights,
-    "best_of_k": best_of_k_weights,
-    "pass_at_k": pass_at_k_weights,
-    "max_at_k": max_at_k_weights,
-    "maj_at_k": maj_at_k_weights,
-}
-
-
-def weights_fn(name: str, **hparams) -> Callable[..., Any]:
-  """The weight function called ``name`` with its hyper-parameters bound.
-
-  Returns ``fn(rewards, scores=None, mask=None, **inputs) -> float[..., n]``
-  (``inputs``: ``answers=`` for maj_at_k, ``p_fail=`` for bon_rlb*).
-  Hyper-parameters: ``N`` for bon_*, ``k`` for the subset estimators
-  (``N`` is accepted as an alias of ``k``), ``baseline``, ``max_gain``,
-  ``lam``, ``eps``.
-
-  Example: ``w = weights_fn("bon_rl_v", N=4)(rewards, scores, mask)``.
-  """
-  if name not in WEIGHT_FNS:
-    raise ValueError(f"Unknown weight function {name!r}; valid names: {', '.join(sorted(WEIGHT_FNS))}.")
-  fn = WEIGHT_FNS[name]
-  if name in ("best_of_k", "pass_at_k", "max_at_k", "maj_at_k") and "N" in hparams:
-    hparams["k"] = hparams.pop("N")
-  if name in ("sft", "rloo", "grpo"):
-    hparams.pop("N", None)
-  return functools.partial(fn, **hparams)

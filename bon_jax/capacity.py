@@ -46,10 +46,16 @@ import ml_collections
 import numpy as np
 import optax
 
+from bon_jax import algorithms
+from bon_jax import config_lib
+from bon_jax import input_pipeline
 from bon_jax import models
 from bon_jax import optim
 from bon_jax import sharding
 from bon_jax import tokenizer as tokenizer_lib
+from bon_jax import trainer_lib
+from bon_jax import verifier as verifier_lib
+from bon_jax.tasks import countdown
 
 GIB = 1024**3
 
@@ -71,9 +77,6 @@ def _prompt_len(config: ml_collections.ConfigDict) -> tuple[int, str]:
   if config.task.name != "countdown" or config.tokenizer.kind != "task":
     raise ValueError("set config.task.max_prompt_tokens (the longest prompt, in tokens)"
                      " for the capacity plan")
-  from bon_jax import input_pipeline  # pylint: disable=g-import-not-at-top
-  from bon_jax.tasks import countdown  # pylint: disable=g-import-not-at-top
-
   # The test split is drawn from its own stream (num_train does not change it).
   options = {k: tuple(v) if isinstance(v, list) else v
              for k, v in config.task.to_dict().items() if k not in ("name", "num_train")}
@@ -85,14 +88,12 @@ def _prompt_len(config: ml_collections.ConfigDict) -> tuple[int, str]:
 
 def _stages(config: ml_collections.ConfigDict) -> list[ml_collections.ConfigDict]:
   """The ``rl`` settings of every fine-tuning stage (``rl`` + ``rl_overrides``)."""
-  from bon_jax import train  # pylint: disable=g-import-not-at-top
-
   if "rl" not in config:
     return []
   if "algorithms" not in config:
     return [config.rl]  # A config for `rl.train_rl` alone.
   names = tuple(config.algorithms)  # () = no fine-tuning stage.
-  return [train.stage_config(config, name).rl for name in names]
+  return [config_lib.stage_config(config, name).rl for name in names]
 
 
 def kv_cache_bytes(
@@ -149,9 +150,6 @@ def plan(config: ml_collections.ConfigDict, *, num_devices: int | None = None) -
     ``phases`` (what is live together: resident state, RL sampling, RL
     update, evaluation -> bytes) and ``notes``.
   """
-  from bon_jax import train  # pylint: disable=g-import-not-at-top
-  from bon_jax import verifier as verifier_lib  # pylint: disable=g-import-not-at-top
-
   shape = tuple(config.mesh.shape) if "mesh" in config else (-1, 1, 1)
   # A full shape is planned as given (an 8-chip plan on a laptop); a -1 takes
   # `num_devices`, else this host's device count.
@@ -160,17 +158,17 @@ def plan(config: ml_collections.ConfigDict, *, num_devices: int | None = None) -
   mesh_shape = sharding.resolve_mesh_shape(shape, num_devices or jax.device_count())
   amesh = sharding.abstract_mesh(mesh_shape)
   vocab = _vocab_size(config)
-  lora_rank = int(config.model.get("lora_rank", 0))
+  lora_rank = int(config.model.lora_rank)
   dtype = jnp.dtype(config.model.dtype)
   model = models.make_model(preset=config.model.preset, vocab_size=vocab, dtype=dtype,
                             lora_rank=lora_rank)
   stages = _stages(config)
   opt_cfg = stages[0] if stages else config.train
-  optimizer = optim.for_config(train.make_optimizer(opt_cfg), config.model)
+  optimizer = optim.for_config(trainer_lib.make_optimizer(opt_cfg), config.model)
 
   def init_state(rng):
     params = models.init_params(model, rng)
-    return train.TrainState(step=jnp.zeros((), jnp.int32), params=params,
+    return trainer_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params,
                             opt_state=optimizer.init(params))
 
   state = jax.eval_shape(init_state, jax.random.key(0))
@@ -192,7 +190,7 @@ def plan(config: ml_collections.ConfigDict, *, num_devices: int | None = None) -
 
   base = models.base_model(model)
   uses_verifier = any(rl.verifier == "learned" for rl in stages) or (
-      "verifier" in config and config.verifier.get("steps", 0) > 0)
+      "verifier" in config and config.verifier.steps > 0)
   verifier_num = 0
   if uses_verifier:
     vparams = jax.eval_shape(lambda r: verifier_lib.init_verifier(base, r), jax.random.key(0))
@@ -200,7 +198,7 @@ def plan(config: ml_collections.ConfigDict, *, num_devices: int | None = None) -
     vspecs = sharding.param_specs(vparams, amesh)
     per_device["verifier_params"] = sharding.per_device_bytes(vparams, vspecs, amesh)
     vopt = jax.eval_shape(optax.adamw(1e-4).init, vparams)
-    vstate = train.TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=vparams,
+    vstate = trainer_lib.TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=vparams,
                               opt_state=vopt)
     vstate_specs = sharding.state_specs(vstate, amesh)
     verifier_opt = sharding.per_device_bytes(vopt, vstate_specs.opt_state, amesh)
@@ -218,11 +216,11 @@ def plan(config: ml_collections.ConfigDict, *, num_devices: int | None = None) -
   notes.append(f"P = {prompt_len} prompt tokens ({prompt_src})")
   if stages:
     rl = stages[0]
-    rows = rl.prompts_per_step * (rl.N_prime + (rl.algorithm in ("sft", "bon_sft")))
+    rows = rl.prompts_per_step * (rl.N_prime + algorithms.get(rl.algorithm).expert)
     length = prompt_len + rl.max_new_tokens - 1
     n_batch = mesh_shape[0] * mesh_shape[1]
     per_device["kv_cache_rl"] = samplers[0]["kv_per_device"]
-    micro = int(rl.get("microbatch_rows", 0))
+    micro = int(rl.microbatch_rows)
     if 0 < micro < rows:
       # One microbatch's rows at a time (rl.make_policy_update), over the batch
       # axes when they divide it, else on every device.
@@ -249,7 +247,7 @@ def plan(config: ml_collections.ConfigDict, *, num_devices: int | None = None) -
       "preset": config.model.preset,
       "mesh_shape": mesh_shape,
       "param_dtype": str(dtype),
-      "opt_state_dtype": config.model.get("opt_state_dtype", "") or str(dtype),
+      "opt_state_dtype": config.model.opt_state_dtype or str(dtype),
       "lora_rank": lora_rank,
       "vocab_size": vocab,
       "num_params": models.num_params(state.params),

@@ -1,7 +1,9 @@
-"""Config validation and workdir safety: bad input becomes one clear line.
+"""What a config is: user errors, fine-tuning stages, and workdir safety.
 
 `UserError` is what `bon_jax.main` prints as a single `error: ...` line (no
-traceback). Everything else is a bug and keeps its traceback.
+traceback). Everything else is a bug and keeps its traceback. The bottom of
+bon_jax's import graph: it imports no other bon_jax module (the defaults are
+bon_jax/defaults.py, the checks of values bon_jax/validation.py).
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ from typing import Any
 
 import ml_collections
 
-from bon_jax import models
 
 # Fields that fix what a checkpoint in the workdir is: a run that differs in any
 # of them cannot resume from it.
@@ -24,133 +25,35 @@ NOT_IDENTITY = {"rl": ("microbatch_rows",)}
 # these defaults (their values then), so it still resumes.
 ADDED_LATER = {
     "task": {"solution_format": "expression", "num_digits_weights": None},
+    # Declared in the defaults later (read with these defaults before).
+    "model": {"lora_rank": 0, "opt_state_dtype": ""},
     "rl": {"verifier_auc": 0.8, "verifier_noise_seed": 0},
 }
 CONFIG_FILE = "config.json"
 # config.task.name values (bon_jax/tasks/registry.py).
 TASKS = ("countdown", "hendrycks_math", "humaneval")
+# The SFT policy in the pipeline's results and tables (not a stage name).
+BASE = "base"
 
 
 class UserError(Exception):
   """A problem with the user's input; its message says what to fix."""
 
 
-def _require(cond: bool, msg: str) -> None:
-  if not cond:
-    raise UserError(msg)
+def stage_config(config: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
+  """The config of fine-tuning stage `name`: ``rl`` + ``rl_overrides.<name>``.
 
-
-def _positive_int(config: ml_collections.ConfigDict, path: str, minimum: int = 1) -> None:
-  value = config
-  for part in path.split("."):
-    value = value[part]
-  _require(
-      isinstance(value, int) and not isinstance(value, bool) and value >= minimum,
-      f"config.{path} must be an integer >= {minimum}, got {value!r}",
-  )
-
-
-def validate(config: ml_collections.ConfigDict) -> None:
-  """Raises `UserError` on values that would fail later or silently mislead."""
-  _require(
-      config.model.preset in models.PRESETS,
-      f"config.model.preset={config.model.preset!r} is unknown; choose one of"
-      f" {sorted(models.PRESETS)}",
-  )
-  _require(
-      config.model.dtype in ("float32", "bfloat16"),
-      f"config.model.dtype must be 'float32' or 'bfloat16', got {config.model.dtype!r}",
-  )
-  _require(
-      config.task.name in TASKS,
-      f"config.task.name={config.task.name!r} is unknown; choose one of {TASKS}",
-  )
-  lora_rank = config.model.get("lora_rank", 0)
-  _require(
-      isinstance(lora_rank, int) and not isinstance(lora_rank, bool) and lora_rank >= 0,
-      f"config.model.lora_rank must be an integer >= 0 (0 = no LoRA), got {lora_rank!r}",
-  )
-  _require(
-      config.model.get("opt_state_dtype", "") in ("", "float32", "bfloat16"),
-      "config.model.opt_state_dtype must be '' (the params' dtype), 'float32' or 'bfloat16',"
-      f" got {config.model.get('opt_state_dtype')!r}",
-  )
-  _require(
-      config.tokenizer.kind in ("task", "sentencepiece"),
-      f"config.tokenizer.kind must be 'task' or 'sentencepiece', got {config.tokenizer.kind!r}",
-  )
-  for path in ("task.num_train", "task.num_test", "train.batch_size", "train.log_every",
-               "train.checkpoint_every", "train.keep_checkpoints", "eval.num_prompts",
-               "eval.num_samples", "eval.max_new_tokens", "eval.prompts_per_batch"):
-    _positive_int(config, path)
-  _positive_int(config, "train.steps", minimum=0)
-  _positive_int(config, "train.warmup_steps", minimum=0)
-  _positive_int(config, "train.max_len", minimum=0)
-  _positive_int(config, "eval.top_k", minimum=0)
-  _require(config.train.learning_rate > 0, "config.train.learning_rate must be > 0")
-  _require(config.eval.temperature >= 0, "config.eval.temperature must be >= 0")
-  _require(0 < config.eval.top_p <= 1, "config.eval.top_p must be in (0, 1]")
-  _require(
-      config.eval.num_prompts <= config.task.num_test,
-      f"config.eval.num_prompts={config.eval.num_prompts} exceeds"
-      f" config.task.num_test={config.task.num_test}",
-  )
-  # Released weights, tokenizer, data: one line naming what to download, which field to set.
-  from bon_jax import inputs  # pylint: disable=g-import-not-at-top  (inputs imports this module)
-
-  inputs.check(config)
-  for field in ("model.ckpt_path", "tokenizer.path"):
-    section, key = field.split(".")
-    path = config[section][key]
-    _require(
-        not path or os.path.exists(path),
-        f"config.{field}={path!r} does not exist; fix the path or set it to ''",
-    )
-  _require(
-      config.tokenizer.kind != "sentencepiece" or config.tokenizer.path,
-      "config.tokenizer.kind='sentencepiece' needs config.tokenizer.path (a .model file,"
-      " e.g. Gemma 2's tokenizer.model)",
-  )
-  if "mesh" in config and "shape" in config.mesh:
-    # Before the workdir is touched: a mesh these devices cannot form.
-    import jax  # pylint: disable=g-import-not-at-top
-    from bon_jax import sharding  # pylint: disable=g-import-not-at-top
-
-    sharding.resolve_mesh_shape(tuple(config.mesh.shape), jax.device_count())
-  if "algorithms" in config:
-    _validate_pipeline(config)
-
-
-def _validate_pipeline(config: ml_collections.ConfigDict) -> None:
-  """The verifier and fine-tuning stages (`train.train_and_evaluate`)."""
-  from bon_jax import rl  # pylint: disable=g-import-not-at-top  (rl imports this module)
-  from bon_jax import train  # pylint: disable=g-import-not-at-top
-
-  algorithms = config.algorithms
-  _require(isinstance(algorithms, (tuple, list)) and all(isinstance(a, str) for a in algorithms),
-           f"config.algorithms must be a tuple of names, got {algorithms!r}")
-  _require(len(set(algorithms)) == len(algorithms), f"config.algorithms has duplicates: {algorithms!r}")
-  _require(train.BASE not in algorithms,
-           f"config.algorithms: {train.BASE!r} names the SFT starting policy; call the stage otherwise")
-  _positive_int(config, "verifier.steps", minimum=0)
-  rank_weight = config.verifier.get("rank_weight", 0.0)
-  _require(isinstance(rank_weight, (int, float)) and rank_weight >= 0,
-           f"config.verifier.rank_weight must be a number >= 0, got {rank_weight!r}")
-  pooling = config.verifier.get("pooling", "last")
-  _require(pooling in ("last", "min"),
-           f"config.verifier.pooling must be 'last' or 'min', got {pooling!r}")
-  for t in config.eval.get("extra_temperatures", ()):
-    _require(isinstance(t, (int, float)) and t > 0,
-             f"config.eval.extra_temperatures must hold temperatures > 0, got {t!r}")
-  for name in algorithms:
-    stage = train.stage_config(config, name)
-    try:
-      rl.validate_rl_config(stage.rl)
-    except UserError as e:
-      raise UserError(f"stage {name!r}: {e}") from None
-    _require(stage.rl.verifier != "learned" or stage.rl.verifier_ckpt or config.verifier.steps > 0,
-             f"stage {name!r} uses rl.verifier='learned' but there is no verifier: set"
-             " config.verifier.steps > 0 (train one) or config.rl.verifier_ckpt")
+  `name` is an algorithm of `algorithms.REGISTRY`, or any label whose overrides
+  set ``algorithm`` (e.g. ``rl_overrides.rloo_n1 = {"algorithm": "rloo", ...}``).
+  """
+  stage = ml_collections.ConfigDict(config.to_dict())
+  overrides = config.rl_overrides.get(name)
+  rl_cfg = stage.rl
+  if overrides is None or "algorithm" not in overrides:
+    rl_cfg.algorithm = name
+  if overrides is not None:
+    rl_cfg.update(overrides.to_dict() if hasattr(overrides, "to_dict") else dict(overrides))
+  return stage
 
 
 def identity(config: ml_collections.ConfigDict | dict[str, Any],

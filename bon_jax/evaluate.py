@@ -14,9 +14,10 @@ estimators of `bon_jax.bon` computed from the same n samples:
 
 Example::
 
-  results = evaluate.evaluate(model=model, params=params, tokenizer=tok,
-                              problems=test, task=countdown, cfg=config.eval,
-                              rng=jax.random.key(0))
+  graded = evaluate.sample_and_grade(model=model, params=params, tokenizer=tok,
+                                     problems=test, task=registry.COUNTDOWN, cfg=config.eval,
+                                     rng=jax.random.key(0))
+  results = evaluate.summarize(graded, test)
   print(evaluate.format_table(results))
 """
 
@@ -36,6 +37,7 @@ import numpy as np
 from bon_jax import bon
 from bon_jax import input_pipeline
 from bon_jax import sampling
+from bon_jax.tasks import base as task_lib
 
 CURVES = ("pass@k", "bo@k", "bo@k_logprob", "maj@k")
 VERIFIER_CURVE = "bo@k_verifier"
@@ -99,19 +101,9 @@ def sample_and_grade(
     lp = np.asarray(out.logprobs_t1)[: len(chunk)].sum(-1) / np.maximum(lens, 1)
     texts = [[tokenizer.decode(toks[b, i, : lens[b, i]].tolist()) for i in range(n)]
              for b in range(len(chunk))]
-    # A task with `grade_batch` (HumanEval) grades the chunk's samples together.
-    batch = getattr(task, "grade_batch", None)
-    chunk_c = (np.asarray(batch(chunk, texts), np.float32).reshape(len(chunk), n)
-               if batch is not None else None)
-    for b, problem in enumerate(chunk):
-      keys: dict[str, int] = {}
-      row_c, row_a = [], []
-      for i, text in enumerate(texts[b]):
-        row_c.append(float(chunk_c[b, i] if batch is not None else task.grade(problem, text)))
-        key = task.answer_key(problem, text)
-        row_a.append(-1 if key is None else keys.setdefault(key, len(keys)))
-      correct.append(row_c)
-      answer_id.append(row_a)
+    chunk_c, chunk_a = task_lib.grade_completions(task, chunk, texts)  # The chunk's samples together.
+    correct += chunk_c.tolist()
+    answer_id += chunk_a.tolist()
     if verifier is not None:
       vscores.append(np.asarray(verifier(chunk, texts, toks), np.float32))
     all_texts += texts

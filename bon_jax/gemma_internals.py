@@ -28,6 +28,10 @@ from __future__ import annotations
 import importlib.metadata
 from typing import Any
 
+from gemma import gm
+import jax
+import jax.numpy as jnp
+
 GEMMA_VERSION = importlib.metadata.version("gemma")
 # major.minor prefixes of the gemma releases this file was written against.
 SUPPORTED_LINES = ("3.3.", "4.")
@@ -99,10 +103,6 @@ def check() -> None:
   Raises:
     GemmaInternalsError: naming the first piece that is not as bon_jax expects.
   """
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from gemma import gm  # pylint: disable=g-import-not-at-top
-
   config = TransformerConfig(
       num_embed=16, embed_dim=8, hidden_dim=16, num_heads=2, head_dim=4, num_kv_heads=1,
       final_logit_softcap=30.0,

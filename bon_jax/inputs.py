@@ -18,6 +18,7 @@ import os
 
 import ml_collections
 
+from bon_jax import config_lib
 from bon_jax import models
 
 GEMMA_TOKENIZER_HINT = (
@@ -66,8 +67,6 @@ def missing(config: ml_collections.ConfigDict) -> list[str]:
 
 def check(config: ml_collections.ConfigDict) -> None:
   """Raises `config_lib.UserError` (one line) listing every missing input."""
-  from bon_jax import config_lib  # pylint: disable=g-import-not-at-top  (config_lib calls us)
-
   todo = missing(config)
   if todo:
     raise config_lib.UserError("missing inputs: " + "; ".join(todo))

@@ -57,9 +57,10 @@ from absl import logging
 import ml_collections
 from ml_collections import config_flags
 
+from bon_jax import capacity
 from bon_jax import config_lib
+from bon_jax import pipeline
 from bon_jax import sharding
-from bon_jax import train
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file (configs/*.py).", lock_config=True
@@ -150,8 +151,6 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   logging.set_verbosity(logging.WARNING)
   if _DRY_RUN.value:
-    from bon_jax import capacity  # pylint: disable=g-import-not-at-top
-
     try:
       capacity.dry_run(_CONFIG.value, num_devices=_DRY_RUN_DEVICES.value)
     except (config_lib.UserError, ValueError) as e:
@@ -164,7 +163,7 @@ def main(argv):
   try:
     # Multi-host: join the other processes before anything touches devices.
     sharding.initialize_distributed(_CONFIG.value)
-    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    pipeline.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except config_lib.UserError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.stdout.flush()

@@ -45,8 +45,11 @@ import jax
 import jax.numpy as jnp
 from gemma import gm
 from gemma import peft
+import numpy as np
+from orbax import checkpoint as ocp
 
 from bon_jax import gemma_internals
+from bon_jax import sharding
 
 Params = Any
 
@@ -230,7 +233,7 @@ def add_lora(model: gm.nn.LoRA, base_params: Params, rng: jax.Array) -> Params:
 def policy_from_config(model_cfg: Any, vocab_size: int | None = None) -> Any:
   """`make_model` from ``config.model`` (preset, dtype, lora_rank)."""
   return make_model(preset=model_cfg.preset, vocab_size=vocab_size,
-                    dtype=jnp.dtype(model_cfg.dtype), lora_rank=int(model_cfg.get("lora_rank", 0)))
+                    dtype=jnp.dtype(model_cfg.dtype), lora_rank=int(model_cfg.lora_rank))
 
 
 def ensure_adapters(model: Any, params: Params, rng: jax.Array) -> Params:
@@ -357,8 +360,6 @@ def write_random_checkpoint(
     write_random_checkpoint("/tmp/g2b", preset="gemma2_2b")  # ~5 GB of bf16
     params = load_params("/tmp/g2b", preset="gemma2_2b", dtype="bfloat16", mesh=mesh)
   """
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from orbax import checkpoint as ocp  # pylint: disable=g-import-not-at-top
 
   path = os.path.abspath(path)
   if os.path.exists(path):
@@ -425,8 +426,6 @@ def load_params(
     mesh = sharding.make_mesh((1, 8, 1))
     params = load_params(ckpt, preset="gemma2_9b", dtype="bfloat16", mesh=mesh)
   """
-  from orbax import checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  from bon_jax import sharding  # pylint: disable=g-import-not-at-top
 
   if not path or not os.path.exists(path):
     hint = PRESETS[preset].download_hint or "an Orbax checkpoint of this preset"

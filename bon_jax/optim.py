@@ -1,6 +1,6 @@
 """Optimizer wrappers for full-size fine-tuning: LoRA-only updates, float32 state.
 
-Both wrap any optax optimizer (e.g. `train.make_optimizer`'s AdamW), so the
+Both wrap any optax optimizer (e.g. `trainer_lib.make_optimizer`'s AdamW), so the
 SFT and RL loops keep one update function over the full parameter tree:
 
 * `trainable_only(opt, mask_fn)`: updates (and optimizer state) only where
@@ -14,8 +14,8 @@ SFT and RL loops keep one update function over the full parameter tree:
 
 Example::
 
-  opt = optim.finetune(train.make_optimizer(cfg), lora=True, state_dtype="float32")
-  state = train.TrainState(step=0, params=params, opt_state=opt.init(params))
+  opt = optim.finetune(trainer_lib.make_optimizer(cfg), lora=True, state_dtype="float32")
+  state = trainer_lib.TrainState(step=0, params=params, opt_state=opt.init(params))
   update = rl.make_policy_update(model, opt)  # the usual update, unchanged
 """
 
@@ -75,5 +75,5 @@ def finetune(
 
 def for_config(optimizer: optax.GradientTransformation, model_cfg: Any) -> optax.GradientTransformation:
   """`finetune` with ``config.model.lora_rank`` and ``config.model.opt_state_dtype``."""
-  return finetune(optimizer, lora=model_cfg.get("lora_rank", 0) > 0,
-                  state_dtype=model_cfg.get("opt_state_dtype", ""))
+  return finetune(optimizer, lora=model_cfg.lora_rank > 0,
+                  state_dtype=model_cfg.opt_state_dtype)

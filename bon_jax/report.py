@@ -3,13 +3,13 @@ r"""Pools pipeline workdirs (one per seed) into paired, multi-seed tables.
   python -m bon_jax.report /tmp/bon_repro/seed0 /tmp/bon_repro/seed1 /tmp/bon_repro/seed2 \
       --out=/tmp/bon_repro/report.md
 
-Every workdir is one run of `train.train_and_evaluate` with its own seed
+Every workdir is one run of `pipeline.train_and_evaluate` with its own seed
 (SFT base, verifier, the fine-tuning stages); all were evaluated on the same
 held-out prompts. For each policy, temperature and metric (pass@1, pass@N,
 Bo-N with the learned verifier when present, maj@N) the report gives:
 
 * the mean over seeds and the per-seed means;
-* the paired difference to the seed's own starting policy (`train.BASE`):
+* the paired difference to the seed's own starting policy (`config_lib.BASE`):
   per prompt, averaged over seeds, with a 95% normal interval over prompts
   (the paired interval), and a 95% t-interval over the per-seed mean
   differences (what another seed would show); a difference is marked
@@ -35,10 +35,36 @@ from typing import Any
 import numpy as np
 import scipy.stats
 
-from bon_jax import bon
+from bon_jax import config_lib
 
-BASE = "base"  # train.BASE (not imported: keeps this script free of JAX).
+BASE = config_lib.BASE
 DIFFICULTY = ((1, 1, "1 answer"), (2, 3, "2-3 answers"), (4, 7, "4-7 answers"), (8, 10**9, "8+ answers"))
+
+
+# ----------------------------------------------------------------------------
+# The co-scaling law of Chow et al.: pass@N(T) ~ exp(a(T) * N^b(T)).
+
+
+def fit_pass_at_n_law(ns, pass_at_n) -> tuple[float, float]:
+  """Fits ``pass@N ~ exp(a * N^b)`` at one temperature; returns ``(a, b)``.
+
+  ``log(-log pass@N) = log(-a) + b log N`` is linear in ``log N``, so (a, b)
+  come from least squares on that line over the N with 0 < pass@N < 1 (at
+  least two needed). A curve rising towards 1 has a < 0 and b < 0.
+
+  Example: ``a, b = fit_pass_at_n_law([1, 2, 4, 8], [0.1, 0.19, 0.33, 0.52])``.
+  """
+  ns, p = np.asarray(ns, np.float64), np.asarray(pass_at_n, np.float64)
+  ok = (p > 0) & (p < 1)
+  if ok.sum() < 2:
+    raise ValueError(f"need >= 2 values of pass@N strictly between 0 and 1, got {p.tolist()}")
+  slope, intercept = np.polyfit(np.log(ns[ok]), np.log(-np.log(p[ok])), 1)
+  return -float(np.exp(intercept)), float(slope)
+
+
+def pass_at_n_law(a: float, b: float, n) -> np.ndarray:
+  """The fitted law's pass@N: ``exp(a * N^b)``."""
+  return np.exp(a * np.asarray(n, np.float64) ** b)
 
 
 def _evals(eval_dir: str) -> dict[float, dict[str, Any]]:
@@ -173,18 +199,18 @@ def coscaling_section(runs, temps) -> list[str]:
   for t in temps:
     curve = np.mean([np.asarray(r[BASE][t]["overall"]["pass@k"]) for r in runs], axis=0)
     try:
-      fits[t] = (*bon.fit_pass_at_n_law(ks, curve), curve)
+      fits[t] = (*fit_pass_at_n_law(ks, curve), curve)
     except ValueError:
       continue
   ns = [1, 2, 4, 8, 16, 32, 64, 128, 256]
   lines = ["### Co-scaling law of the starting policy: pass@N(T) ≈ exp(a(T)·N^b(T))", "",
            "| T | a | b | max abs. residual (pts) over N ≤ " + str(ks[-1]) + " |", "|---|---|---|---|"]
   for t, (a, b, curve) in fits.items():
-    resid = np.max(np.abs(bon.pass_at_n_law(a, b, ks) - curve))
+    resid = np.max(np.abs(pass_at_n_law(a, b, ks) - curve))
     lines.append(f"| {t:g} | {a:.3f} | {b:.3f} | {100 * resid:.1f} |")
   lines += ["", "Temperature the fitted laws recommend per N (N > " + str(ks[-1]) + " extrapolated):", "",
             "| N | " + " | ".join(str(n) for n in ns) + " |", "|---|" + "---|" * len(ns)]
-  best = [max(fits, key=lambda t: bon.pass_at_n_law(fits[t][0], fits[t][1], n)) for n in ns]
+  best = [max(fits, key=lambda t: pass_at_n_law(fits[t][0], fits[t][1], n)) for n in ns]
   lines.append("| best T | " + " | ".join(f"{t:g}" for t in best) + " |")
   return lines + [""]
 

@@ -4,7 +4,7 @@ Each step (`rl_step`) takes a batch of prompts, samples N' completions per
 prompt from the current policy (`sampling.sample`), scores them with a reward
 function and optionally a verifier (both `verifier.Verifier` callables),
 turns (rewards, scores) into per-sample weights with the algorithm's weight
-function from `bon.WEIGHT_FNS`, and applies one jitted update
+function (`algorithms.REGISTRY`), and applies one jitted update
 (`make_policy_update`) of
 
     loss = -(1/B) sum_b sum_i w_bi log pi(y_bi | x_b)
@@ -16,7 +16,7 @@ over the B prompts). ``log pi(y|x)`` is the SEQUENCE log-probability (the sum
 of the completion's token log-probs, EOS included), at the sampling
 temperature, i.e. of the distribution that produced the samples.
 
-Algorithms (``config.rl.algorithm``, any name of `bon.WEIGHT_FNS`): ``sft``,
+Algorithms (``config.rl.algorithm``, any name of `algorithms.REGISTRY`): ``sft``,
 ``rloo`` (RL, N' samples, leave-one-out baseline), ``grpo``, ``bon_sft``,
 ``bon_rl_v``, ``bon_rl_s``, ``bon_rlb``, ``bon_rlb_p``, and the subset
 estimators ``best_of_k``, ``pass_at_k``, ``max_at_k``, ``maj_at_k`` (k = N).
@@ -26,8 +26,8 @@ policy samples (for ``sft`` they get weight 0 and only feed the logs).
 
 Example::
 
-  cfg = rl.default_rl_config()
-  cfg.algorithm, cfg.N_prime, cfg.N = "bon_rl_s", 8, 4
+  config = defaults.base_config()  # Or an experiment's, e.g. configs/demo.py.
+  config.rl.algorithm, config.rl.N_prime, config.rl.N = "bon_rl_s", 8, 4
   state, history = rl.train_rl(config, "/tmp/bon_rl", init_params=sft_params)
 
 Regularisers, both at the sequence level and both on the policy's own samples
@@ -61,69 +61,21 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
-import tqdm
 
+from bon_jax import algorithms
 from bon_jax import bon
 from bon_jax import config_lib
+from bon_jax import experiment
 from bon_jax import input_pipeline
 from bon_jax import models
 from bon_jax import sampling
 from bon_jax import sharding
-from bon_jax import train
+from bon_jax import trainer_lib
+from bon_jax import validation
 from bon_jax import verifier as verifier_lib
+from bon_jax.tasks import base as task_lib
 
 Params = Any
-
-ALGORITHMS = tuple(bon.WEIGHT_FNS)
-# Groups hold an expert demonstration in column 0 (bon.bon_sft_weights's layout).
-EXPERT_ALGORITHMS = ("sft", "bon_sft")
-# Weight functions that need groups of exactly N (n % N == 0) or k <= n samples.
-_GROUPED = ("bon_rl_v", "bon_rl_s")
-_SUBSET = ("best_of_k", "pass_at_k", "max_at_k", "maj_at_k")
-
-
-def default_rl_config() -> ml_collections.ConfigDict:
-  """``config.rl``'s defaults (configs/common.py `rl_config`, documented there)."""
-  from configs import common  # pylint: disable=g-import-not-at-top
-
-  return common.rl_config()
-
-
-def validate_rl_config(cfg: ml_collections.ConfigDict) -> None:
-  """Raises `config_lib.UserError` (one line) on settings that cannot run."""
-
-  def need(cond, msg):
-    if not cond:
-      raise config_lib.UserError(msg)
-
-  need(cfg.algorithm in ALGORITHMS,
-       f"config.rl.algorithm={cfg.algorithm!r} is unknown; choose one of {sorted(ALGORITHMS)}")
-  for name in ("N_prime", "N", "prompts_per_step", "max_new_tokens", "log_every",
-               "checkpoint_every", "keep_checkpoints"):
-    v = cfg[name]
-    need(isinstance(v, int) and not isinstance(v, bool) and v >= 1,
-         f"config.rl.{name} must be an integer >= 1, got {v!r}")
-  need(isinstance(cfg.steps, int) and cfg.steps >= 0, f"config.rl.steps must be an integer >= 0, got {cfg.steps!r}")
-  need(cfg.learning_rate > 0, "config.rl.learning_rate must be > 0")
-  need(cfg.temperature > 0, "config.rl.temperature must be > 0 (log pi of greedy decoding is undefined)")
-  need(cfg.kl_coef >= 0 and cfg.entropy_coef >= 0, "config.rl.kl_coef and entropy_coef must be >= 0")
-  mb = cfg.get("microbatch_rows", 0)
-  need(isinstance(mb, int) and not isinstance(mb, bool) and mb >= 0,
-       f"config.rl.microbatch_rows must be an integer >= 0 (0 = the whole batch in one pass), got {mb!r}")
-  if cfg.algorithm in _GROUPED:
-    need(cfg.N_prime % cfg.N == 0,
-         f"config.rl.N_prime={cfg.N_prime} must be a multiple of config.rl.N={cfg.N} for {cfg.algorithm}")
-  if cfg.algorithm in _SUBSET:
-    need(cfg.N <= cfg.N_prime,
-         f"config.rl.N={cfg.N} must be <= config.rl.N_prime={cfg.N_prime} for {cfg.algorithm}")
-  need(cfg.verifier in ("grader", "learned", "noisy"),
-       f"config.rl.verifier must be 'grader', 'learned' or 'noisy', got {cfg.verifier!r}")
-  if cfg.verifier == "noisy":
-    auc = cfg.get("verifier_auc", 1.0)
-    need(isinstance(auc, (int, float)) and 0.5 < auc <= 1.0,
-         f"config.rl.verifier_auc must be in (0.5, 1] for rl.verifier='noisy', got {auc!r}")
-
 
 # ----------------------------------------------------------------------------
 # The update.
@@ -298,10 +250,10 @@ def make_policy_update(
     temperature: float = 1.0,
     mesh: jax.sharding.Mesh | None = None,
     microbatch_rows: int = 0,
-) -> Callable[..., tuple[train.TrainState, dict[str, jax.Array]]]:
+) -> Callable[..., tuple[trainer_lib.TrainState, dict[str, jax.Array]]]:
   """Jitted ``(state, ref_params, batch) -> (state, metrics)``, one optimizer step.
 
-  `state` is a `train.TrainState` (donated: pass a copy of params you keep);
+  `state` is a `trainer_lib.TrainState` (donated: pass a copy of params you keep);
   `ref_params` may be None when ``kl_coef == 0`` (no KL metric then). Batch and
   metrics as in `policy_loss`, plus ``grad_norm``.
 
@@ -329,7 +281,7 @@ def make_policy_update(
   rows_loss = functools.partial(
       _rows_loss, model, kl_coef=kl_coef, entropy_coef=entropy_coef, temperature=temperature)
 
-  def step(state: train.TrainState, ref_params, batch):
+  def step(state: trainer_lib.TrainState, ref_params, batch):
     rows = _flat_rows(batch)
     norm = _normalisers(rows, batch["tokens"].shape[0])
     grad_fn = jax.value_and_grad(lambda p, r: rows_loss(p, ref_params, r, norm), has_aux=True)
@@ -358,7 +310,7 @@ def make_policy_update(
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics["grad_norm"] = optax.tree.norm(grads)
-    return train.TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+    return trainer_lib.TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   if mesh is not None:
     return sharding.jit_sharded(step, mesh, ("state", "params", "groups"), ("state", "replicated"),
@@ -368,15 +320,6 @@ def make_policy_update(
 
 # ----------------------------------------------------------------------------
 # One step of the loop.
-
-
-def _weight_hparams(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
-  hp: dict[str, Any] = {"N": cfg.N}
-  if cfg.algorithm == "bon_rlb" and cfg.max_gain is not None:
-    hp["max_gain"] = float(cfg.max_gain)
-  if cfg.algorithm == "bon_sft" and cfg.lam is not None:
-    hp["lam"] = float(cfg.lam)
-  return hp
 
 
 def expert_completions(
@@ -394,7 +337,7 @@ def expert_completions(
 
 
 def rl_step(
-    state: train.TrainState,
+    state: trainer_lib.TrainState,
     ref_params: Params | None,
     problems: Sequence[Any],
     *,
@@ -409,18 +352,18 @@ def rl_step(
     prompt_len: int | None = None,
     expert_rng: np.random.Generator | None = None,
     mesh: jax.sharding.Mesh | None = None,
-) -> tuple[train.TrainState, dict[str, float]]:
+) -> tuple[trainer_lib.TrainState, dict[str, float]]:
   """Sample, score, weight, update: one step of BoN-aware fine-tuning.
 
   Args:
-    state: the policy's `train.TrainState` (donated to `update_fn`).
+    state: the policy's `trainer_lib.TrainState` (donated to `update_fn`).
     ref_params: the frozen reference policy (None: no KL).
     problems: the B task problems of this step.
     model: the policy `Transformer`.
     update_fn: `make_policy_update(...)`.
     tokenizer: encodes prompts / decodes completions.
-    task: a task module (`prompt_text`, `sft_targets`, `grade`, `answer_key`).
-    cfg: ``config.rl`` (`default_rl_config`).
+    task: the `tasks.base.Task`.
+    cfg: ``config.rl`` (`defaults.rl_config`).
     rng: PRNG key of this step's samples.
     reward_fn: the environment reward R, a `Verifier` callable (default: the
       task's grader, 0/1).
@@ -452,7 +395,8 @@ def rl_step(
   samples = sampling.sample(model, state.params, prompts, rng, num_samples=n_prime, mesh=mesh,
                             max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature)
   comp = sharding.to_host(samples.tokens)  # [B, N', T], whole groups on every host
-  with_expert = cfg.algorithm in EXPERT_ALGORITHMS
+  algo = algorithms.get(cfg.algorithm)
+  with_expert = algo.expert
   if with_expert:
     expert_rng = expert_rng if expert_rng is not None else np.random.default_rng(0)
     expert = expert_completions(tokenizer, task, problems, expert_rng, cfg.max_new_tokens)
@@ -467,12 +411,12 @@ def rl_step(
   if rewards.shape != comp.shape[:2] or scores.shape != comp.shape[:2]:
     raise ValueError(f"reward_fn and verifier must return [B, n]={comp.shape[:2]}, got {rewards.shape}, {scores.shape}")
 
-  fn = bon.weights_fn(cfg.algorithm, **_weight_hparams(cfg))
-  mask, inputs = None, {}
-  if cfg.algorithm == "sft":
-    mask = sample_mask == 0  # The expert only.
-  if cfg.algorithm == "maj_at_k":
-    inputs["answers"] = verifier_lib.grade_completions(task, problems, texts)[1]
+  hparams = algorithms.hparams(cfg)
+  fn = algorithms.weights_fn(cfg.algorithm, **hparams)
+  mask = (sample_mask == 0) if algo.expert_only else None
+  inputs = {}
+  if "answers" in algo.inputs:  # The graded final answers (maj@k's votes).
+    inputs["answers"] = task_lib.grade_completions(task, problems, texts)[1]
   weights = np.asarray(fn(rewards, scores, mask, **inputs), np.float32)
 
   tokens, cmask = verifier_lib.join_prompt_completion(sharding.to_host(prompts), jnp.asarray(comp))
@@ -488,10 +432,8 @@ def rl_step(
   metrics["pass@1"] = float(np.mean(bon.pass_at_k(correct, 1)))
   metrics[f"pass@{n_prime}"] = float(np.mean(bon.pass_at_k(correct, n_prime)))
   metrics["weight_abs_max"] = float(np.abs(weights).max())
-  if cfg.algorithm == "bon_rlb":
-    p_fail = 1.0 - correct.mean(axis=-1)
-    clipped = bon.bon_rlb_gains(p_fail, cfg.N, cfg.max_gain)[3]
-    metrics["clipped_frac"] = float(np.mean(clipped))
+  if algo.metrics is not None:
+    metrics.update(algo.metrics(correct, hparams))
   lengths = sharding.to_host(samples.lengths)
   metrics["mean_length"] = float(lengths.mean())
   dt = time.perf_counter() - t0
@@ -521,14 +463,15 @@ def _sharded_prompts(tokenizer: Any, texts: Sequence[str], prompt_len: int | Non
 
 
 @functools.lru_cache(maxsize=4)
-def _optimizer_and_update(model, opt_items, kl_coef, entropy_coef, temperature, mesh=None, model_opt=(),
+def _optimizer_and_update(model, opt_items, kl_coef, entropy_coef, temperature, mesh=None,
+                          model_opt=(("lora_rank", 0), ("opt_state_dtype", "")),
                           microbatch_rows=0):
   """One compiled update per (model, optimizer settings, coefficients, microbatch) per process.
 
   Relaunching `train_rl` in the same process (resume, sweeps, tests) then
   reuses the compiled program instead of tracing a new closure.
   """
-  optimizer = train.policy_optimizer(ml_collections.ConfigDict(dict(opt_items)),
+  optimizer = trainer_lib.policy_optimizer(ml_collections.ConfigDict(dict(opt_items)),
                                      ml_collections.ConfigDict(dict(model_opt)))
   update = make_policy_update(model, optimizer, kl_coef=kl_coef, entropy_coef=entropy_coef,
                               temperature=temperature, mesh=mesh, microbatch_rows=microbatch_rows)
@@ -559,10 +502,10 @@ def train_rl(
     task: Any = None,
     reward_fn: verifier_lib.Verifier | None = None,
     verifier: verifier_lib.Verifier | None = None,
-) -> tuple[train.TrainState, list[dict[str, float]]]:
+) -> tuple[trainer_lib.TrainState, list[dict[str, float]]]:
   """Runs ``config.rl.steps`` steps of `rl_step`, resuming from `workdir`.
 
-  Reuses train.py's TrainState, optimizer, Orbax checkpoint manager (every
+  Reuses trainer_lib's TrainState, optimizer, Orbax checkpoint manager (every
   ``rl.checkpoint_every`` steps, in ``workdir/checkpoints``) and metric
   writers (``metrics.jsonl`` + TensorBoard). Prompts and sampling keys are
   pure functions of (seed, step) (``rl.seed``, default ``config.seed``; set it
@@ -571,13 +514,13 @@ def train_rl(
 
   Args:
     config: the experiment config (task, tokenizer, model, seed) with an
-      ``rl`` section (`default_rl_config`).
+      ``rl`` section (`defaults.rl_config`).
     workdir: run directory (checked with `config_lib.prepare_workdir`).
     init_params: the starting policy (e.g. the SFT checkpoint's params); it
-      is also the frozen reference for KL. None: `train.initial_params`.
+      is also the frozen reference for KL. None: `experiment.initial_params`.
       Pass the same params when resuming.
     problems: training problems (default: the task's train split).
-    task: task object (default: `train.make_task(config)`, e.g. countdown).
+    task: the `tasks.base.Task` (default: `experiment.make_task(config)`).
     reward_fn: environment reward (default: the task's grader).
     verifier: BoN selector (default: from ``config.rl.verifier``).
 
@@ -585,25 +528,25 @@ def train_rl(
     The final state and the metrics logged by this launch.
   """
   rl = config.rl
-  validate_rl_config(rl)
+  validation.validate_rl_config(rl)
   # The starting point (the SFT run) and the rl settings are part of what a checkpoint is.
-  tok = train.load_tokenizer(config)  # Before the workdir: a bad tokenizer leaves nothing behind.
+  tok = experiment.load_tokenizer(config)  # Before the workdir: a bad tokenizer leaves nothing behind.
   config_lib.prepare_workdir(config, workdir, config_lib.IDENTITY_FIELDS + ("train", "rl"))
-  task = task or train.make_task(config)
+  task = task or experiment.make_task(config)
   if problems is None:
-    problems, _ = train.make_task_splits(config.task, os.path.join(workdir, train.TFDS_DIR))
-  model = train.make_policy(config, tok)
+    problems, _ = experiment.make_task_splits(config.task, os.path.join(workdir, experiment.TFDS_DIR))
+  model = experiment.make_policy(config, tok)
   mesh = sharding.mesh_for_run(config)  # None on one device.
-  ref_params = init_params if init_params is not None else train.initial_params(config, model, mesh)
+  ref_params = init_params if init_params is not None else experiment.initial_params(config, model, mesh)
   # The state is donated at every update: give it its own buffers.
   params = jax.tree.map(jnp.array, ref_params)
   opt_items = tuple(sorted(_optimizer_config(rl).items()))
   optimizer, update_fn = _optimizer_and_update(
       model, opt_items, float(rl.kl_coef), float(rl.entropy_coef), float(rl.temperature), mesh,
-      (("lora_rank", int(config.model.get("lora_rank", 0))),
-       ("opt_state_dtype", str(config.model.get("opt_state_dtype", "")))),
-      int(rl.get("microbatch_rows", 0)))
-  state = train.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
+      (("lora_rank", int(config.model.lora_rank)),
+       ("opt_state_dtype", str(config.model.opt_state_dtype))),
+      int(rl.microbatch_rows))
+  state = trainer_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
   if mesh is None:
     # Committed like restored arrays, so a resumed run reuses the compiled programs.
     state = jax.device_put(state, jax.devices()[0])
@@ -612,9 +555,8 @@ def train_rl(
     state = sharding.shard(state, mesh, sharding.state_specs(state, mesh))
     if ref_params is not None:
       ref_params = sharding.shard(ref_params, mesh, sharding.param_specs(ref_params, mesh))
-  mngr = train.checkpoint_manager(workdir, rl)
-  state = train.restore_or_init(mngr, state)
-  start = int(state.step)
+  mngr = trainer_lib.checkpoint_manager(workdir, rl)
+  state = trainer_lib.restore_or_init(mngr, state)
 
   if verifier is None and rl.verifier == "noisy":
     verifier = verifier_lib.noisy_grader_verifier(task, target_auc=float(rl.verifier_auc),
@@ -629,41 +571,24 @@ def train_rl(
     except FileNotFoundError as e:
       raise config_lib.UserError(str(e)) from None
     verifier = verifier_lib.learned_verifier(models.base_model(model), vparams, tokenizer=tok, task=task,
-                                             pooling=config.verifier.get("pooling", "last"))
+                                             pooling=config.verifier.pooling)
   prompt_len = int(input_pipeline.encode_prompts(tok, [task.prompt_text(p) for p in problems]).shape[1])
-  jsonl = train.JsonlWriter(os.path.join(workdir, "metrics.jsonl"))
-  from clu import metric_writers  # pylint: disable=g-import-not-at-top  (imports TensorFlow)
+  seed = config.seed if rl.seed is None else int(rl.seed)
 
-  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
-  seed = config.seed if rl.get("seed") is None else int(rl.seed)
-  history = []
-  bar = tqdm.tqdm(total=rl.steps, initial=start, desc=rl.algorithm, unit="step", dynamic_ncols=True,
-                  disable=jax.process_index() > 0)
-  try:
-    for step in range(start, rl.steps):
-      chosen, expert_rng = step_problems(problems, seed=seed, step=step, num=rl.prompts_per_step)
-      state, metrics = rl_step(
-          state, ref_params, chosen, model=model, update_fn=update_fn, tokenizer=tok, task=task, cfg=rl,
-          rng=step_key(seed, step), reward_fn=reward_fn, verifier=verifier,
-          prompt_len=prompt_len, expert_rng=expert_rng, mesh=mesh)
-      done = step + 1
-      mngr.save(done, args=ocp.args.StandardSave(state))
-      if done % rl.log_every == 0 or done == rl.steps:
-        writer.write_scalars(done, metrics)
-        jsonl.write(done, metrics)
-        history.append({"step": done, **metrics})
-        logging.info("rl step %d: loss %.4f reward %.3f pass@1 %.3f kl %.4f", done, metrics["loss"],
-                     metrics["reward_mean"], metrics["pass@1"], metrics.get("kl", 0.0))
-        bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", kl=f"{metrics.get('kl', 0.0):.3f}",
-                        step_s=f"{metrics['step_s']:.2f}")
-      bar.update(1)
-    if start < rl.steps and mngr.latest_step() != rl.steps:
-      mngr.save(rl.steps, args=ocp.args.StandardSave(state), force=True)
-  finally:
-    # Also on a crash: finish the pending (async) checkpoint so a rerun resumes from it.
-    mngr.wait_until_finished()
-    writer.flush()
-    jsonl.close()
-    mngr.close()
-    bar.close()
+  def step_fn(state, step):
+    chosen, expert_rng = step_problems(problems, seed=seed, step=step, num=rl.prompts_per_step)
+    return rl_step(
+        state, ref_params, chosen, model=model, update_fn=update_fn, tokenizer=tok, task=task, cfg=rl,
+        rng=step_key(seed, step), reward_fn=reward_fn, verifier=verifier,
+        prompt_len=prompt_len, expert_rng=expert_rng, mesh=mesh)
+
+  def log_fn(metrics, step, steps_per_s):
+    del steps_per_s  # The step's own time is in the metrics (step_s).
+    logging.info("rl step %d: loss %.4f reward %.3f pass@1 %.3f kl %.4f", step, metrics["loss"],
+                 metrics["reward_mean"], metrics["pass@1"], metrics.get("kl", 0.0))
+    return dict(reward=f"{metrics['reward_mean']:.3f}", kl=f"{metrics.get('kl', 0.0):.3f}",
+                step_s=f"{metrics['step_s']:.2f}")
+
+  state, history = trainer_lib.train_loop(state, step_fn=step_fn, steps=rl.steps, workdir=workdir, mngr=mngr,
+                                          log_every=rl.log_every, desc=rl.algorithm, log_fn=log_fn)
   return state, history

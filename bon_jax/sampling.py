@@ -38,7 +38,7 @@ greedy policy being deterministic) and `logprobs_t1` under softmax(logits).
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import flax
 import jax
@@ -48,6 +48,9 @@ from gemma import gm
 from bon_jax import gemma_internals
 from bon_jax import models
 from bon_jax import sharding
+
+if TYPE_CHECKING:  # Shape annotations only (kauldron.typing imports TensorFlow).
+  from kauldron.typing import Int
 
 Params = Any
 
@@ -79,7 +82,7 @@ class Samples:
 def sample(
     model: gm.nn.Transformer,
     params: Params,
-    prompts: jax.Array,
+    prompts: Int["B P"],
     rng: jax.Array,
     *,
     num_samples: int,
@@ -185,6 +188,18 @@ def _sharded_sample(mesh, model, batch_size, **statics):
   )
 
 
+class _DecodeState(NamedTuple):
+  """The decoding loop's carry (a pytree: the same program as a plain tuple)."""
+
+  t: jax.Array  # int32[]: the position written next
+  tok: jax.Array  # int32[R]: the last token of every row (the next step's input)
+  done: jax.Array  # bool[R]: rows past their EOS
+  tokens: jax.Array  # int32[R, T]: the completions so far (PAD after EOS)
+  lp: jax.Array  # float32[R, T]: their log-probs at the sampling temperature
+  lp1: jax.Array  # float32[R, T]: and at T = 1
+  suffix_kv: Any  # per layer (k, v), [R, K, S, H]: the keys/values of each row's own tokens
+
+
 def _sample_impl(
     model: gm.nn.Transformer,
     params: Params,
@@ -267,33 +282,33 @@ def _sample_impl(
       done = done | (tok == eos_id)
     return tok, done, tokens, lp, lp1
 
-  def cond(state):
-    t, _, done, *_ = state
-    return (t < t_max) & ~jnp.all(done)
+  def cond(s: _DecodeState):
+    return (s.t < t_max) & ~jnp.all(s.done)
 
-  def body(state):
-    t, tok, done, tokens, lp, lp1, suffix_kv = state
+  def body(s: _DecodeState):
     # Input token t - 1 goes to suffix slot t - 1.
     logits, suffix_kv = model.apply(
         {"params": params},
-        tok,
-        t - 1,
+        s.tok,
+        s.t - 1,
         weights,
         prompt_kv,
-        suffix_kv,
+        s.suffix_kv,
         prompt_len,
         method=_decode_step,
     )
-    tok, done, tokens, lp, lp1 = emit(t, logits, done, tokens, lp, lp1)
-    suffix_kv = rows_on_mesh(suffix_kv)
-    return t + 1, tok, done, tokens, lp, lp1, suffix_kv
+    tok, done, tokens, lp, lp1 = emit(s.t, logits, s.done, s.tokens, s.lp, s.lp1)
+    return _DecodeState(t=s.t + 1, tok=tok, done=done, tokens=tokens, lp=lp, lp1=lp1,
+                        suffix_kv=rows_on_mesh(suffix_kv))
 
   done = jnp.zeros((rows,), jnp.bool_)
   tok, done, tokens, lp, lp1 = emit(
       0, logits, done, buf(jnp.int32), buf(jnp.float32), buf(jnp.float32)
   )
-  state = (jnp.asarray(1), tok, done, tokens, lp, lp1, suffix_kv)
-  _, _, done, tokens, lp, lp1, _ = jax.lax.while_loop(cond, body, state)
+  state = _DecodeState(t=jnp.asarray(1), tok=tok, done=done, tokens=tokens, lp=lp, lp1=lp1,
+                       suffix_kv=suffix_kv)
+  final = jax.lax.while_loop(cond, body, state)
+  done, tokens, lp, lp1 = final.done, final.tokens, final.lp, final.lp1
 
   emitted = (tokens != models.PAD_ID).sum(axis=-1).astype(jnp.int32)
   shape = lambda x: x.reshape((b, n) + x.shape[1:])

@@ -78,6 +78,8 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import AbstractMesh, AxisType, Mesh, NamedSharding, PartitionSpec as P
 
+from bon_jax import config_lib
+
 AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
 
@@ -102,8 +104,6 @@ def resolve_mesh_shape(shape: Sequence[int], num_devices: int) -> tuple[int, int
     config_lib.UserError (one line) when the shape has the wrong length, more
     than one -1, non-positive entries, or does not use exactly `num_devices`.
   """
-  from bon_jax import config_lib  # pylint: disable=g-import-not-at-top
-
   shape = tuple(shape)
   if len(shape) != len(AXES) or not all(isinstance(s, (int, np.integer)) for s in shape):
     raise config_lib.UserError(
@@ -271,8 +271,8 @@ def state_specs(state: PyTree, mesh_shape: MeshShape = None) -> PyTree:
   """PartitionSpecs of a train state: params by `param_specs`, optax state mirroring them.
 
   Args:
-    state: anything with a ``params`` attribute (`train.TrainState`,
-      `verifier.VerifierState`) whose other fields hold the optimizer state;
+    state: anything with a ``params`` attribute (`trainer_lib.TrainState`)
+      whose other fields hold the optimizer state;
       or a bare params tree. Arrays or `jax.ShapeDtypeStruct`s.
     mesh_shape: as in `param_specs`.
 
@@ -585,8 +585,6 @@ def initialize_distributed(config: Any = None) -> bool:
   Returns:
     Whether `jax.distributed` is initialised (after the call).
   """
-  from bon_jax import config_lib  # pylint: disable=g-import-not-at-top
-
   if jax.distributed.is_initialized():
     return True
   dist = config.get("distributed") if config is not None and hasattr(config, "get") else None

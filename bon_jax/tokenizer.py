@@ -22,6 +22,9 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 import sentencepiece as spm
+from sentencepiece import sentencepiece_model_pb2
+
+from bon_jax.tasks import countdown
 
 PAD_ID = 0
 EOS_ID = 1
@@ -170,8 +173,6 @@ def load_tokenizer(path: str, *, field: str = "tokenizer.path") -> Tokenizer:
 
 def rebuild_task_tokenizer() -> Tokenizer:
   """Retrains the embedded task's tokenizer from its pinned corpus (~3 s)."""
-  from bon_jax.tasks import countdown  # Only this needs the task generators.
-
   return build_task_tokenizer(
       countdown.tokenizer_corpus(), vocab_size=TASK_VOCAB_SIZE, seed=0
   )
@@ -187,8 +188,6 @@ def padded_tokenizer(base: Tokenizer, vocab_size: int) -> Tokenizer:
   files: it encodes text as `base` does, and the model gets Gemma's
   256128-row embedding.
   """
-  from sentencepiece import sentencepiece_model_pb2  # pylint: disable=g-import-not-at-top
-
   proto = sentencepiece_model_pb2.ModelProto.FromString(base.model_proto)
   if vocab_size < len(proto.pieces):
     raise ValueError(f"vocab_size={vocab_size} is below the base tokenizer's {len(proto.pieces)}")

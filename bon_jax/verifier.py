@@ -21,13 +21,13 @@ Example::
   model = models.make_model(preset="tiny", vocab_size=tok.vocab_size)
   vparams = verifier.init_verifier(model, jax.random.key(0), backbone=policy_params)
   data = verifier.make_verifier_data(model, policy_params, tokenizer=tok,
-                                     problems=train[:256], task=countdown,
+                                     problems=train[:256], task=registry.COUNTDOWN,
                                      num_samples=8, max_new_tokens=32,
                                      rng=jax.random.key(1))
   vparams, hist = verifier.train_verifier(model, vparams, data["tokens"].reshape(-1, L),
                                           data["labels"].reshape(-1), steps=300)
   verifier.evaluate_verifier(model, vparams, held_out_data, ks=(1, 4, 8))
-  score_fn = verifier.learned_verifier(model, vparams, tokenizer=tok, task=countdown)
+  score_fn = verifier.learned_verifier(model, vparams, tokenizer=tok, task=registry.COUNTDOWN)
 
 Params layout: ``{"backbone": <gemma Transformer params>, "head": {"kernel":
 float[D, 1], "bias": float[1]}}`` (the head is a `flax.linen.Dense(1)`).
@@ -41,7 +41,6 @@ import os
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -56,6 +55,8 @@ from bon_jax import input_pipeline
 from bon_jax import models
 from bon_jax import sampling
 from bon_jax import sharding
+from bon_jax import trainer_lib
+from bon_jax.tasks import base as task_lib
 
 Params = Any
 
@@ -233,13 +234,6 @@ def pairwise_ranking_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
   return total / jnp.maximum(jnp.sum(pair), 1)
 
 
-@flax.struct.dataclass
-class VerifierState:
-  step: jax.Array
-  params: Any
-  opt_state: Any
-
-
 def step_bce_loss(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> jax.Array:
   """BCE of per-position logits against process labels where `mask` is 1 (float32[]; 0 if none)."""
   mask = jnp.asarray(mask, jnp.float32)
@@ -277,11 +271,12 @@ def make_verifier_step(model: Any, optimizer: optax.GradientTransformation, *, r
     loss = bce + rank_weight * rank + step_weight * step_bce
     return loss, {"loss": loss, "bce": bce, "rank": rank, "step_bce": step_bce, "accuracy": acc}
 
-  def step(state: VerifierState, batch):
+  def step(state: trainer_lib.TrainState, batch):
     (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     metrics["grad_norm"] = optax.tree.norm(grads)
-    return VerifierState(state.step + 1, optax.apply_updates(state.params, updates), opt_state), metrics
+    return trainer_lib.TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                                  opt_state=opt_state), metrics
 
   return jax.jit(step, donate_argnums=0)
 
@@ -344,19 +339,22 @@ def train_verifier(
     tokens, labels = tokens[:, None], labels[:, None]
     steps_data = {k: v[:, None] for k, v in steps_data.items()}
   per_step = max(1, batch_size // tokens.shape[1])
-  schedule = optax.warmup_cosine_decay_schedule(
-      0.0, learning_rate, warmup_steps, max(steps, warmup_steps + 1), 0.1 * learning_rate)
-  optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=weight_decay))
-  state = VerifierState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
-  step_fn = make_verifier_step(model, optimizer, rank_weight=rank_weight, pooling=pooling,
-                               step_weight=step_weight)
-  history = []
-  for step in range(steps):
+  optimizer = trainer_lib.make_optimizer(ml_collections.ConfigDict(dict(
+      learning_rate=learning_rate, warmup_steps=warmup_steps, steps=steps, weight_decay=weight_decay,
+      grad_clip_norm=1.0)), decay_vectors=True)
+  state = trainer_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
+  update = make_verifier_step(model, optimizer, rank_weight=rank_weight, pooling=pooling, step_weight=step_weight)
+
+  def step_fn(state, step):
     idx = np.random.default_rng([seed, step]).integers(0, len(labels), size=per_step)
-    batch = {"tokens": tokens[idx], "labels": labels[idx], **{k: v[idx] for k, v in steps_data.items()}}
-    state, metrics = step_fn(state, batch)
-    history.append({k: float(v) for k, v in jax.device_get(metrics).items()})
-  return state.params, history
+    return update(state, {"tokens": tokens[idx], "labels": labels[idx],
+                          **{k: v[idx] for k, v in steps_data.items()}})
+
+  # In memory (the stage saves the trained params): no checkpoints, no metric files.
+  state, history = trainer_lib.train_loop(state, step_fn=step_fn, steps=steps, workdir=None, mngr=None,
+                                          log_every=1, desc="verifier",
+                                          log_fn=lambda m, s, r: dict(loss=f"{m['loss']:.3f}"))
+  return state.params, [{k: v for k, v in h.items() if k != "step"} for h in history]
 
 
 # ----------------------------------------------------------------------------
@@ -439,7 +437,7 @@ def make_verifier_data(
     comp = np.asarray(s.tokens)[: len(chunk)]
     tokens, _ = join_prompt_completion(jnp.asarray(prompts[: len(chunk)]), jnp.asarray(comp))
     decoded = decode_completions(tokenizer, comp)
-    labels, answers = grade_completions(task, chunk, decoded)
+    labels, answers = task_lib.grade_completions(task, chunk, decoded)
     out["tokens"].append(np.asarray(tokens))
     out["labels"].append(labels)
     out["answer_ids"].append(answers)
@@ -555,28 +553,6 @@ def decode_completions(tokenizer: Any, completions: np.ndarray) -> list[list[str
   return [[tokenizer.decode(row.tolist()) for row in group] for group in completions]
 
 
-def grade_completions(task: Any, problems: Sequence[Any], texts: Sequence[Sequence[str]]):
-  """float32[B, N] grades and int32[B, N] answer-class ids (-1 = no answer).
-
-  A task with ``grade_batch`` (e.g. HumanEval: programs judged in parallel)
-  grades all B x N completions in one call.
-  """
-  labels, answers = [], []
-  batch = getattr(task, "grade_batch", None)
-  if batch is not None:
-    labels = np.asarray(batch(problems, texts), np.float32).reshape(len(problems), -1)
-  for problem, group in zip(problems, texts, strict=True):
-    keys: dict[str, int] = {}
-    if batch is None:
-      labels.append([float(task.grade(problem, t)) for t in group])
-    row = []
-    for t in group:
-      key = task.answer_key(problem, t)
-      row.append(-1 if key is None else keys.setdefault(key, len(keys)))
-    answers.append(row)
-  return np.asarray(labels, np.float32), np.asarray(answers, np.int32)
-
-
 def score_batched(model: Any, params: Params, tokens: np.ndarray, batch_size: int = 64, *,
                   pooling: str = "last") -> np.ndarray:
   """`score` over int[..., L] in fixed-size chunks (one compiled shape); float32[...]."""
@@ -636,7 +612,7 @@ def grader_verifier(task: Any) -> Verifier:
 
   def fn(problems, completion_texts, tokens=None):
     del tokens
-    return grade_completions(task, problems, completion_texts)[0]
+    return task_lib.grade_completions(task, problems, completion_texts)[0]
 
   return fn
 
@@ -675,7 +651,7 @@ def noisy_grader_verifier(task: Any, *, target_auc: float, seed: int = 0) -> Ver
   text): like a learned verifier, it is a function of the text, so a policy
   trained against it can find wrong answers that it over-scores.
 
-  Example: ``noisy_grader_verifier(countdown, target_auc=0.8)(problems,
+  Example: ``noisy_grader_verifier(registry.COUNTDOWN, target_auc=0.8)(problems,
   texts, tokens)`` -> float64[B, N].
   """
   sigma = noise_scale_for_auc(target_auc)
@@ -713,13 +689,6 @@ def learned_verifier(
 # Config and checkpoints.
 
 
-def default_verifier_config() -> ml_collections.ConfigDict:
-  """``config.verifier``'s defaults (configs/common.py `verifier_config`)."""
-  from configs import common  # pylint: disable=g-import-not-at-top
-
-  return common.verifier_config()
-
-
 def run_verifier_stage(
     cfg: ml_collections.ConfigDict,
     *,
@@ -734,7 +703,7 @@ def run_verifier_stage(
   """The verifier stage: sample and grade, train (BCE + ranking), evaluate, save.
 
   Args:
-    cfg: `default_verifier_config()`.
+    cfg: ``config.verifier`` (`defaults.verifier_config`).
     model: the backbone architecture (the policy's).
     policy_params: the policy that produces the samples (and the backbone
       init when ``cfg.init == "policy"``).
@@ -752,7 +721,7 @@ def run_verifier_stage(
   """
   if cfg.init not in ("policy", "random"):
     raise ValueError(f"verifier init must be 'policy' or 'random', got {cfg.init!r}")
-  synthetic = int(cfg.get("synthetic_prompts", 0))
+  synthetic = int(cfg.synthetic_prompts)
   if len(train_problems) < cfg.num_prompts + synthetic or len(test_problems) < cfg.holdout_prompts:
     extra = f" (+ {synthetic} for synthetic_prompts)" if synthetic else ""
     raise ValueError(
@@ -770,8 +739,8 @@ def run_verifier_stage(
                             rng=jax.random.fold_in(key, 1), **data_kw)
   params = init_verifier(model, jax.random.fold_in(key, 2),
                          backbone=policy_params if cfg.init == "policy" else None)
-  rank_weight = float(cfg.get("rank_weight", 0.0))
-  pooling = cfg.get("pooling", "last")
+  rank_weight = float(cfg.rank_weight)
+  pooling = cfg.pooling
   if synthetic:  # Task-made groups from the training prompts after the sampled ones.
     train_data = concat_groups(train_data, task_made_data(
         tokenizer=tokenizer, task=task, problems=train_problems[cfg.num_prompts : cfg.num_prompts + synthetic],

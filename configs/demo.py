@@ -21,7 +21,7 @@ About 20 minutes on 2 quiet CPU cores, plus the install:
    (`compare.{md,json,png}`).
 
 Run fewer or other algorithms with e.g. `--config.algorithms="('rloo',)"`
-(any name of bon_jax.bon.WEIGHT_FNS), or SFT only with
+(any name of bon_jax.algorithms.REGISTRY), or SFT only with
 `--config.algorithms="()" --config.verifier.steps=0`. The multi-seed
 reproduction with every algorithm is configs/countdown_steps.py (the first
 experiment, with expression answers, is configs/countdown_bon.py).

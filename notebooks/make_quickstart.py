@@ -114,12 +114,12 @@ md("""
 ## 2. Fine-tuning for Best-of-N: the demo pipeline's results
 
 The pipeline fine-tunes the SFT policy with each algorithm through one loop
-(`bon_jax.rl.train_rl`: sample N', score, weight with `bon.weights_fn(name)`, one
+(`bon_jax.rl.train_rl`: sample N', score, weight with `algorithms.weights_fn(name)`, one
 jitted update) and evaluates every policy on the same held-out prompts.
 """)
 code("""
 if not WORKDIR:
-  from bon_jax import train
+  from bon_jax import pipeline
   from configs import demo
   cfg = demo.get_config()
   # Tiny, for a quick look (and the notebook's smoke test): not a meaningful run.
@@ -132,7 +132,7 @@ if not WORKDIR:
   cfg.rl.update(dict(N_prime=2, N=2, prompts_per_step=2, steps=2, checkpoint_every=2))
   cfg.eval.update(dict(num_prompts=4, num_samples=4, prompts_per_batch=4, max_new_tokens=8))
   WORKDIR = tempfile.mkdtemp(prefix="bon_quickstart_")
-  train.train_and_evaluate(cfg, WORKDIR)
+  pipeline.train_and_evaluate(cfg, WORKDIR)
 print("workdir:", WORKDIR)
 """)
 code("""

@@ -24,6 +24,7 @@ from bon_jax import rl
 from bon_jax import sampling
 from bon_jax import sharding
 from bon_jax import train
+from bon_jax import trainer_lib
 from bon_jax import verifier
 
 MESHES = ((8, 1, 1), (2, 4, 1), (2, 2, 2))
@@ -66,14 +67,14 @@ def main(ckpt_dir: str) -> None:
   assert jax.device_count() == 8, jax.devices()
   model = models.make_model(preset="micro", vocab_size=512)
   params = models.init_params(model, jax.random.key(0))
-  # train.make_optimizer's AdamW, with eps raised from 1e-8: at eps 1e-8 Adam's first step
+  # trainer_lib.make_optimizer's AdamW, with eps raised from 1e-8: at eps 1e-8 Adam's first step
   # g / (|g| + eps) turns float-noise differences of near-zero gradients (~1e-9, from the
   # sharded reduction order) into update differences of up to the learning rate.
   optimizer = optax.chain(optax.clip_by_global_norm(1.0),
                           optax.adamw(1e-3, eps=1e-5, weight_decay=0.01))
   host = lambda tree: jax.tree.map(np.asarray, jax.device_get(tree))
   params = host(params)
-  state = host(train.TrainState(step=jnp.zeros((), jnp.int32), params=params,
+  state = host(trainer_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params,
                                 opt_state=optimizer.init(params)))
   vparams = host(verifier.init_verifier(model, jax.random.key(3), backbone=params))
 
@@ -162,7 +163,7 @@ def main(ckpt_dir: str) -> None:
     for shape in ((8, 1, 1), (1, 2, 4)):
       mesh = sharding.make_mesh(shape)
       target = sharding.shard(state, mesh, sharding.state_specs(state, mesh))
-      restored = train.restore_or_init(mngr, target)
+      restored = trainer_lib.restore_or_init(mngr, target)
       close(restored, saved, 0.0, f"restore on {shape}")
       check_sharded(restored, sharding.state_specs(restored, mesh), mesh, f"restored on {shape}")
   print(f"checkpoint (2, 2, 2) -> (8, 1, 1), (1, 2, 4): equal values, target shardings"

@@ -23,12 +23,14 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
+from bon_jax import defaults
 from bon_jax import models
 from bon_jax import rl
 from bon_jax import sharding
 from bon_jax import tokenizer as tokenizer_lib
-from bon_jax import train
+from bon_jax import trainer_lib
 from bon_jax.tasks import countdown
+from bon_jax.tasks import registry
 
 
 def even_token_reward(problems, texts, tokens):
@@ -42,7 +44,7 @@ def rl_step(mesh):
   """One `rl.rl_step` of a micro policy on `mesh` (None: one device, unsharded)."""
   tok = tokenizer_lib.task_tokenizer()
   model = models.make_model(preset="micro", vocab_size=tok.vocab_size)
-  cfg = rl.default_rl_config()
+  cfg = defaults.rl_config()
   cfg.algorithm, cfg.N_prime, cfg.N, cfg.max_new_tokens = "rloo", 4, 4, 6
   cfg.learning_rate, cfg.kl_coef = 1e-3, 0.1
   # AdamW with eps raised from 1e-8 (see mesh_parity_check.py): near-zero gradients
@@ -50,14 +52,14 @@ def rl_step(mesh):
   optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(cfg.learning_rate, eps=1e-5))
   update = rl.make_policy_update(model, optimizer, kl_coef=cfg.kl_coef, mesh=mesh)
   params = models.init_params(model, jax.random.key(0))  # The same on every process.
-  state = train.TrainState(step=jnp.zeros((), jnp.int32), params=jax.tree.map(jnp.copy, params),
+  state = trainer_lib.TrainState(step=jnp.zeros((), jnp.int32), params=jax.tree.map(jnp.copy, params),
                            opt_state=optimizer.init(params))
   if mesh is not None:
     state = sharding.shard(state, mesh, sharding.state_specs(state, mesh))
     params = sharding.shard(params, mesh, sharding.param_specs(params, mesh))
   problems, _ = countdown.make_splits(seed=0, num_train=8, num_test=1)
   return rl.rl_step(
-      state, params, problems[:4], model=model, update_fn=update, tokenizer=tok, task=countdown,
+      state, params, problems[:4], model=model, update_fn=update, tokenizer=tok, task=registry.COUNTDOWN,
       cfg=cfg, rng=jax.random.key(1), reward_fn=even_token_reward, prompt_len=32, mesh=mesh)
 
 
@@ -84,7 +86,7 @@ def main(process_id: int, num_processes: int, port: int, out_dir: str) -> None:
     mngr.wait_until_finished()
     other = sharding.make_mesh((1, 4, 1))
     target = sharding.shard(state, other, sharding.state_specs(state, other))
-    restored = train.restore_or_init(mngr, target)
+    restored = trainer_lib.restore_or_init(mngr, target)
   same = jax.tree.map(lambda a, b: bool(np.array_equal(a, b)),
                       sharding.to_host(restored), sharding.to_host(state))
   assert all(jax.tree.leaves(same)), same

@@ -16,6 +16,7 @@ except ImportError:  # jax >= 0.8: the config state is the context manager.
   enable_x64 = lambda: jax.enable_x64(True)
 
 from bon_jax import bon
+from bon_jax import report
 
 SETTINGS = hypothesis.settings(max_examples=30, deadline=None, derandomize=True)
 
@@ -159,16 +160,16 @@ def test_metrics_reject_bad_k():
 
 def test_pass_at_n_law_fit_recovers_the_parameters_of_an_exact_law():
   ns = np.array([1, 2, 4, 8, 16, 32])
-  a, b = bon.fit_pass_at_n_law(ns, bon.pass_at_n_law(-2.3, -0.4, ns))
+  a, b = report.fit_pass_at_n_law(ns, report.pass_at_n_law(-2.3, -0.4, ns))
   np.testing.assert_allclose([a, b], [-2.3, -0.4], rtol=1e-9)
   # Independent check of the law itself: exp(a N^b) at N = 4 by hand.
-  assert bon.pass_at_n_law(-2.3, -0.4, 4) == pytest.approx(np.exp(-2.3 * 4 ** -0.4))
+  assert report.pass_at_n_law(-2.3, -0.4, 4) == pytest.approx(np.exp(-2.3 * 4 ** -0.4))
 
 
 def test_pass_at_n_law_fit_ignores_saturated_points_and_refuses_too_few():
   ns = np.array([1, 2, 4, 8])
-  p = bon.pass_at_n_law(-1.0, -0.5, ns)
-  a, b = bon.fit_pass_at_n_law([*ns, 16, 32], [*p, 1.0, 1.0])
+  p = report.pass_at_n_law(-1.0, -0.5, ns)
+  a, b = report.fit_pass_at_n_law([*ns, 16, 32], [*p, 1.0, 1.0])
   np.testing.assert_allclose([a, b], [-1.0, -0.5], rtol=1e-9)
   with pytest.raises(ValueError, match=">= 2 values"):
-    bon.fit_pass_at_n_law([1, 2, 4], [0.0, 1.0, 0.3])
+    report.fit_pass_at_n_law([1, 2, 4], [0.0, 1.0, 0.3])

@@ -13,6 +13,7 @@ try:
 except ImportError:  # jax >= 0.8: the config state is the context manager.
   enable_x64 = lambda: jax.enable_x64(True)
 
+from bon_jax import algorithms
 from bon_jax import bon
 
 K = 4  # responses per prompt
@@ -336,7 +337,7 @@ def test_mask_is_the_same_as_dropping_the_masked_samples():
   for name, hp in fns.items():
     extra = {"answers": answers} if name == "maj_at_k" else {}
     extra_kept = {"answers": answers[mask]} if name == "maj_at_k" else {}
-    fn = bon.weights_fn(name, **hp)
+    fn = algorithms.weights_fn(name, **hp)
     padded = np.asarray(fn(pad(rewards), np.where(mask, scores, 99.0), mask, **extra))
     kept = np.asarray(fn(rewards[mask], scores[mask], **extra_kept))
     np.testing.assert_allclose(padded[mask], kept, atol=1e-6, err_msg=name)
@@ -349,7 +350,7 @@ def test_weights_are_finite_for_all_correct_all_wrong_and_tiny_groups():
     for name, hp in [("best_of_k", dict(k=8)), ("pass_at_k", dict(k=3)), ("bon_rl_s", dict(N=4)),
                      ("bon_rlb", dict(N=32)), ("bon_rlb_p", dict(N=32)), ("grpo", {}), ("rloo", {}),
                      ("bon_sft", dict(N=8))]:
-      w = np.asarray(bon.weights_fn(name, **hp)(rewards, rewards))
+      w = np.asarray(algorithms.weights_fn(name, **hp)(rewards, rewards))
       assert np.all(np.isfinite(w)), name
       if name in ("best_of_k", "pass_at_k", "bon_rl_s", "grpo", "rloo") and rewards.std() == 0:
         np.testing.assert_allclose(w, 0.0, atol=1e-7, err_msg=name)
@@ -357,7 +358,7 @@ def test_weights_are_finite_for_all_correct_all_wrong_and_tiny_groups():
 
 def test_weights_fn_rejects_unknown_names_and_bad_group_sizes():
   with pytest.raises(ValueError, match="valid names: .*bon_rl_v"):
-    bon.weights_fn("bon_rl_w")
+    algorithms.weights_fn("bon_rl_w")
   with pytest.raises(ValueError, match="multiple of N=3"):
     bon.bon_rl_v_weights(np.ones((1, 4)), np.ones((1, 4)), N=3)
   with pytest.raises(ValueError, match="k=5"):

@@ -13,6 +13,7 @@ from gemma import gm
 
 from bon_jax import capacity
 from bon_jax import config_lib
+from bon_jax import validation
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, "configs", "*.py"))
@@ -101,7 +102,7 @@ def test_real_configs_without_inputs_name_what_to_download_and_which_field():
   for name, fields in (("math_bon32", ("model.ckpt_path", "tokenizer.path", "task.data_dir")),
                        ("humaneval_pass16", ("model.ckpt_path", "tokenizer.path"))):
     with pytest.raises(config_lib.UserError) as e:
-      config_lib.validate(_config(name))
+      validation.validate(_config(name))
     msg = str(e.value)
     assert "\n" not in msg and "download" in msg
     for field in fields:

@@ -38,6 +38,19 @@ def test_bad_override_is_one_line_error(tmp_path, override, expected):
   assert expected in line
 
 
+@pytest.mark.parametrize("override", ["--config.model.lora_rank=16", "--config.model.opt_state_dtype=float32"])
+def test_every_model_field_is_declared_so_any_config_overrides_it(override):
+  # Declared once in bon_jax.defaults: the demo (which sets neither) accepts both.
+  proc = _run("--config=configs/demo.py", "--dry_run", override)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert "unknown config field" not in proc.stderr
+
+
+def test_bad_lora_rank_is_one_line_error():
+  line = _error_line(_run("--config=configs/demo.py", "--dry_run", "--config.model.lora_rank=-1"))
+  assert "lora_rank must be" in line and "-1" in line
+
+
 def test_missing_config_file_is_one_line_error(tmp_path):
   line = _error_line(_run("--config=configs/nope.py", f"--workdir={tmp_path}"))
   assert "no such config file 'configs/nope.py'" in line and "earlier failure" not in line

@@ -130,7 +130,7 @@ def test_load_math_reads_jsonl_and_reports_bad_lines(math_jsonl, caplog):
 
 def test_load_math_errors_say_what_to_fix(tmp_path, math_split):
   split, _ = math_split
-  with pytest.raises(FileNotFoundError, match="data.math_path"):
+  with pytest.raises(FileNotFoundError, match="config.task.data_dir"):
     hm.load_math(str(tmp_path / "missing"))
   with pytest.raises(ValueError, match="one split"):
     hm.load_math(str(split.parent))  # the MATH root, not a split

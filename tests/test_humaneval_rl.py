@@ -17,8 +17,9 @@ import pytest
 from bon_jax import models
 from bon_jax import rl
 from bon_jax import tokenizer as tokenizer_lib
-from bon_jax import train
+from bon_jax import trainer_lib
 from bon_jax import verifier as verifier_lib
+from bon_jax.tasks import base as task_lib
 from bon_jax.tasks import humaneval
 from bon_jax.tasks import registry
 from configs import humaneval_pass16
@@ -67,7 +68,7 @@ def test_rl_rewards_are_the_batch_verdicts_and_hostile_completions_earn_zero(mon
   params = jax.jit(models.init_params, static_argnums=0)(model, jax.random.key(0))
   items = tuple(sorted(rl._optimizer_config(cfg).items()))
   optimizer, update = rl._optimizer_and_update(model, items, 0.0, 0.0, 1.0)
-  state = train.TrainState(step=jnp.zeros((), jnp.int32), params=jax.tree.map(jnp.array, params),
+  state = trainer_lib.TrainState(step=jnp.zeros((), jnp.int32), params=jax.tree.map(jnp.array, params),
                           opt_state=optimizer.init(params))
 
   by_id = {p.id: p for p in problems}
@@ -113,6 +114,6 @@ def test_training_grades_through_grade_batch_when_the_task_has_it():
     def answer_key(self, problem, completion):
       return completion[:1]
 
-  labels, answers = verifier_lib.grade_completions(Task(), [0, 1], [["a", "bb", "c"], ["ddd", "ee", "dx"]])
+  labels, answers = task_lib.grade_completions(Task(), [0, 1], [["a", "bb", "c"], ["ddd", "ee", "dx"]])
   np.testing.assert_array_equal(labels, [[1, 0, 1], [1, 0, 0]])
   np.testing.assert_array_equal(answers, [[0, 1, 2], [0, 1, 0]])

@@ -10,7 +10,7 @@ from bon_jax import models
 from bon_jax import optim
 from bon_jax import rl
 from bon_jax import sampling
-from bon_jax import train
+from bon_jax import trainer_lib
 
 VOCAB = 64
 RANK = 4
@@ -86,7 +86,7 @@ def test_sampler_runs_a_lora_model_as_its_merged_weights(lora):
 
 def test_lora_policy_update_trains_only_the_adapters_and_lowers_the_loss(lora):
   model, _, _, params = lora
-  opt = optim.finetune(train.make_optimizer(_opt_cfg(3e-2)), lora=True)
+  opt = optim.finetune(trainer_lib.make_optimizer(_opt_cfg(3e-2)), lora=True)
   update = rl.make_policy_update(model, opt)
   # A fixed batch of 2 prompts x 2 samples with positive weights: the loss is
   # a weighted NLL of the completions, which training must lower.
@@ -95,7 +95,7 @@ def test_lora_policy_update_trains_only_the_adapters_and_lowers_the_loss(lora):
   batch = {"tokens": tokens, "completion_mask": cmask, "weights": jnp.ones((2, 2)),
            "sample_mask": jnp.ones((2, 2))}
   start = jax.tree.map(np.asarray, params)
-  state = train.TrainState(step=jnp.zeros((), jnp.int32), params=jax.tree.map(jnp.array, params),
+  state = trainer_lib.TrainState(step=jnp.zeros((), jnp.int32), params=jax.tree.map(jnp.array, params),
                            opt_state=opt.init(params))
   # Adam moments exist for the adapters only.
   adapter_shapes = sorted(x.shape for x, m in zip(jax.tree.leaves(params),
@@ -121,8 +121,8 @@ def test_bfloat16_params_keep_float32_adam_state():
   model = models.make_model(preset="micro", vocab_size=VOCAB, dtype="bfloat16")
   params = jax.jit(models.init_params, static_argnums=0)(model, jax.random.key(0))
   assert {x.dtype for x in jax.tree.leaves(params)} == {jnp.dtype(jnp.bfloat16)}
-  opt = optim.finetune(train.make_optimizer(_opt_cfg(1e-2, clip=1e9)), state_dtype="float32")
-  state = train.TrainState(step=jnp.zeros((), jnp.int32), params=params,
+  opt = optim.finetune(trainer_lib.make_optimizer(_opt_cfg(1e-2, clip=1e9)), state_dtype="float32")
+  state = trainer_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params,
                            opt_state=jax.jit(opt.init)(params))
   moments = [x for x in jax.tree.leaves(state.opt_state) if x.ndim >= 1]
   assert len(moments) == 2 * len(jax.tree.leaves(params))  # Adam's mu and nu.

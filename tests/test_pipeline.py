@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from bon_jax import config_lib
-from bon_jax import train
+from bon_jax import pipeline
+from bon_jax import validation
 from configs import countdown_bon
 from configs import demo
 
@@ -48,7 +49,7 @@ def _pipeline_config():
 @pytest.fixture(scope="module")
 def pipeline_run(tmp_path_factory):
   wd = str(tmp_path_factory.mktemp("pipeline"))
-  results = train.train_and_evaluate(_pipeline_config(), wd)
+  results = pipeline.train_and_evaluate(_pipeline_config(), wd)
   return wd, results
 
 
@@ -93,7 +94,7 @@ def test_rerun_resumes_every_stage_without_rewriting(pipeline_run):
     for f in files:
       if f.endswith((".json", ".png", ".md")):
         before[os.path.join(root, f)] = os.path.getmtime(os.path.join(root, f))
-  again = train.train_and_evaluate(_pipeline_config(), wd)
+  again = pipeline.train_and_evaluate(_pipeline_config(), wd)
   assert {k: v["overall"] for k, v in again.items()} == {k: v["overall"] for k, v in results.items()}
   after = {p: os.path.getmtime(p) for p in before}
   new = [os.path.join(r, f) for r, _, fs in os.walk(wd) for f in fs
@@ -106,7 +107,7 @@ def test_another_extra_temperature_evaluates_only_that_temperature(pipeline_run)
   before = {os.path.join(r, f) for r, _, fs in os.walk(wd) for f in fs if f.endswith(".json")}
   c = _pipeline_config()
   c.eval.extra_temperatures = (0.5, 1.5)
-  again = train.train_and_evaluate(c, wd)
+  again = pipeline.train_and_evaluate(c, wd)
   assert {k: v["overall"] for k, v in again.items()} == {k: v["overall"] for k, v in results.items()}
   new = {os.path.join(r, f) for r, _, fs in os.walk(wd) for f in fs if f.endswith(".json")} - before
   evals = sorted(os.path.relpath(p, wd) for p in new if "/eval/" in p)
@@ -120,7 +121,7 @@ def test_stage_with_other_rl_settings_is_refused(pipeline_run):
   c = _pipeline_config()
   c.rl.learning_rate = 0.5
   with pytest.raises(config_lib.UserError, match="different config.*rl.learning_rate"):
-    train.train_and_evaluate(c, wd)
+    pipeline.train_and_evaluate(c, wd)
 
 
 def test_workdir_identity_ignores_memory_settings_and_keeps_the_rest(tmp_path):
@@ -170,7 +171,7 @@ def test_bad_pipeline_config_is_one_line(edit, match):
   c = _pipeline_config()
   edit(c)
   with pytest.raises(config_lib.UserError, match=match) as e:
-    config_lib.validate(c)
+    validation.validate(c)
   assert "\n" not in str(e.value)
 
 
@@ -178,7 +179,7 @@ def test_overrides_pick_the_algorithm_and_settings_of_a_stage():
   c = demo.get_config()
   c.algorithms = ("rloo", "rl_n1")
   c.rl_overrides.rl_n1 = dict(algorithm="rloo", N_prime=2, learning_rate=1e-3)
-  a, b = train.stage_config(c, "rloo"), train.stage_config(c, "rl_n1")
+  a, b = config_lib.stage_config(c, "rloo"), config_lib.stage_config(c, "rl_n1")
   assert (a.rl.algorithm, a.rl.N_prime) == ("rloo", c.rl.N_prime)
   assert (b.rl.algorithm, b.rl.N_prime, b.rl.learning_rate) == ("rloo", 2, 1e-3)
   assert c.rl.algorithm == "rloo" and c.rl.N_prime == 8  # The shared section is untouched.

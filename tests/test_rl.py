@@ -9,12 +9,16 @@ import numpy as np
 import optax
 import pytest
 
+from bon_jax import algorithms
 from bon_jax import config_lib
+from bon_jax import defaults
 from bon_jax import models
 from bon_jax import rl
 from bon_jax import tokenizer as tokenizer_lib
-from bon_jax import train
+from bon_jax import trainer_lib
+from bon_jax import validation
 from bon_jax.tasks import countdown
+from bon_jax.tasks import registry
 from configs import demo
 
 
@@ -53,7 +57,7 @@ def _batch(vocab, seed=0, b=2, n=3, p=4, t=5):
 
 def _state(params, optimizer):
   params = jax.tree.map(jnp.array, params)  # Donated by the update: a copy.
-  state = train.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
+  state = trainer_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
   return jax.device_put(state, jax.devices()[0])  # Committed, as in train_rl: the same compiled programs.
 
 
@@ -127,7 +131,7 @@ def test_entropy_bonus_raises_and_its_negative_lowers_entropy(setup):
 
 
 def _rl_cfg(**kw):
-  cfg = rl.default_rl_config()
+  cfg = defaults.rl_config()
   cfg.N_prime, cfg.N, cfg.prompts_per_step, cfg.max_new_tokens = 4, 2, 2, 24
   cfg.learning_rate, cfg.weight_decay, cfg.log_every = 1e-2, 0.0, 1
   cfg.update(kw)
@@ -146,7 +150,7 @@ def _step(setup, adam_update, cfg, reward_fn):
   tok, problems, model, init, prompt_len = setup
   opt, update = adam_update
   return rl.rl_step(_state(init, opt), init, problems[: cfg.prompts_per_step], model=model, update_fn=update,
-                    tokenizer=tok, task=countdown, cfg=cfg, rng=jax.random.key(1), reward_fn=reward_fn,
+                    tokenizer=tok, task=registry.COUNTDOWN, cfg=cfg, rng=jax.random.key(1), reward_fn=reward_fn,
                     prompt_len=prompt_len, expert_rng=np.random.default_rng(1))
 
 
@@ -160,7 +164,7 @@ def test_compiled_update_applies_the_policy_loss_gradient(setup, adam_update):
   state, metrics = update(_state(params, opt), params, batch)
   assert float(metrics["grad_norm"]) == pytest.approx(float(optax.tree.norm(g)), rel=1e-4)
   lr = _rl_cfg().learning_rate
-  scale = min(1.0, 1.0 / float(optax.tree.norm(g)))  # train.make_optimizer clips at global norm 1.
+  scale = min(1.0, 1.0 / float(optax.tree.norm(g)))  # trainer_lib.make_optimizer clips at global norm 1.
   for p0, p1, gi in zip(jax.tree.leaves(params), jax.tree.leaves(state.params), jax.tree.leaves(g)):
     big = np.abs(np.asarray(gi)) * scale > 1e-5  # Where Adam's eps (1e-8) is negligible.
     np.testing.assert_allclose(np.asarray(p1 - p0)[big], -lr * np.sign(np.asarray(gi))[big], rtol=1e-2)
@@ -175,12 +179,12 @@ def test_equal_rewards_give_zero_weights_and_unchanged_params(setup, adam_update
   _tree_allclose(state.params, setup[3], rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("algorithm", rl.ALGORITHMS)
+@pytest.mark.parametrize("algorithm", algorithms.NAMES)
 def test_every_algorithm_runs_a_step_without_nans(setup, adam_update, algorithm):
   # A reward that is not constant within groups, so every weight function is exercised.
   reward = lambda problems, texts, tokens: (tokens[..., 0] % 3 == 0).astype(np.float32)
   # Expert algorithms add the demonstration as column 0: N' = 3 keeps the update's shapes.
-  n_prime = 3 if algorithm in rl.EXPERT_ALGORITHMS else 4
+  n_prime = 3 if algorithms.get(algorithm).expert else 4
   state, metrics = _step(setup, adam_update, _rl_cfg(algorithm=algorithm, N_prime=n_prime), reward)
   assert all(np.isfinite(v) for v in metrics.values()), metrics
   assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(state.params))
@@ -214,7 +218,7 @@ def test_rloo_raises_an_easy_reward(setup, adam_update):
   for step in range(25):
     chosen, _ = rl.step_problems(problems, seed=0, step=step, num=cfg.prompts_per_step)
     state, metrics = rl.rl_step(state, None, chosen, model=model, update_fn=update, tokenizer=tok,
-                                task=countdown, cfg=cfg, rng=rl.step_key(0, step), reward_fn=reward,
+                                task=registry.COUNTDOWN, cfg=cfg, rng=rl.step_key(0, step), reward_fn=reward,
                                 prompt_len=prompt_len)
     rewards.append(metrics["reward_mean"])
   after = _first_token_prob(model, state.params, prompts, good)
@@ -256,7 +260,7 @@ def test_resumed_run_matches_uninterrupted_run(tmp_path, setup):
   run("full", crash_at=(5,))  # Steps 1..4, dies in step 5.
   run("cut", crash_at=(3,))  # Dies in step 3, after the checkpoint of step 2 ...
   run("cut", crash_at=(3,))  # ... resumes at step 3, dies in step 5.
-  restore = lambda name: train.checkpoint_manager(str(tmp_path / name), c.rl).restore(4)
+  restore = lambda name: trainer_lib.checkpoint_manager(str(tmp_path / name), c.rl).restore(4)
   full, cut = restore("full"), restore("cut")
   assert int(cut["step"]) == 4
   jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
@@ -282,7 +286,7 @@ def test_bad_rl_config_is_a_one_line_user_error(field, value, match):
   cfg = _rl_cfg(algorithm="bon_rl_v")
   cfg[field] = value
   with pytest.raises(config_lib.UserError, match=match) as e:
-    rl.validate_rl_config(cfg)
+    validation.validate_rl_config(cfg)
   assert "\n" not in str(e.value)
 
 
@@ -339,5 +343,5 @@ def test_bad_microbatch_rows_is_a_one_line_error(setup):
   assert "\n" not in str(e.value)
   for value in (-1, None):  # ConfigDict itself refuses other types.
     with pytest.raises(config_lib.UserError, match="config.rl.microbatch_rows must be an integer >= 0") as e:
-      rl.validate_rl_config(_rl_cfg(microbatch_rows=value))
+      validation.validate_rl_config(_rl_cfg(microbatch_rows=value))
     assert "\n" not in str(e.value)

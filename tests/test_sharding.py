@@ -24,7 +24,7 @@ from jax.sharding import PartitionSpec as P
 from bon_jax import config_lib
 from bon_jax import models
 from bon_jax import sharding
-from bon_jax import train
+from bon_jax import trainer_lib
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(TESTS)
@@ -127,12 +127,12 @@ def test_lora_adapters_are_replicated_and_base_kernels_keep_their_specs():
 
 def test_state_specs_give_adam_moments_their_parameters_specs():
   model = models.make_model(preset="micro", vocab_size=512)
-  optimizer = train.make_optimizer(ml_collections.ConfigDict(dict(
+  optimizer = trainer_lib.make_optimizer(ml_collections.ConfigDict(dict(
       learning_rate=1e-3, warmup_steps=1, steps=10, weight_decay=0.01, grad_clip_norm=1.0)))
 
   def init():
     params = models.init_params(model, jax.random.key(0))
-    return train.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
+    return trainer_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
 
   abstract = jax.eval_shape(init)
   specs = sharding.state_specs(abstract, (1, 2, 2))

@@ -6,8 +6,9 @@ import logging
 import pytest
 import tensorflow_datasets as tfds
 
+from bon_jax import defaults
+from bon_jax import experiment
 from bon_jax import tfds_builders
-from bon_jax import train
 from bon_jax.tasks import countdown
 from bon_jax.tasks import hendrycks_math
 from bon_jax.tasks import humaneval
@@ -24,13 +25,13 @@ def test_builders_are_in_tfds_listing():
   assert {"bon_countdown", "bon_hendrycks_math", "bon_humaneval"} <= set(tfds.list_builders())
 
 
-def test_tfds_load_of_the_embedded_task_equals_the_demos_problems(tmp_path):
-  config = demo.get_config()
-  train_set, test_set = train.make_task_splits(config.task)  # What the trainers read.
+def test_tfds_load_of_the_embedded_task_equals_the_default_tasks_problems(tmp_path):
+  config = defaults.base_config()
+  train_set, test_set = experiment.make_task_splits(config.task)  # What the trainers read.
   assert _problems("bon_countdown", "test", tmp_path) == test_set
   assert _problems("bon_countdown", "train", tmp_path) == train_set
-  # The pipeline's path with the demo's own options: its registered config, by name.
-  assert train.make_task_splits(config.task, str(tmp_path)) == (train_set, test_set)
+  # The pipeline's path with the default task's options: its registered config, by name.
+  assert experiment.make_task_splits(config.task, str(tmp_path)) == (train_set, test_set)
   # The records are the task module's own prompt and SFT target functions.
   rec = next(iter(tfds.as_numpy(tfds.load("bon_countdown", split="test", data_dir=tmp_path))))
   assert rec["prompt"].decode() == countdown.prompt_text(test_set[0])
@@ -45,7 +46,7 @@ def test_data_source_and_other_task_options_get_their_own_config(tmp_path):
   builder = tfds_builders.BonCountdown(config=cfg, data_dir=tmp_path, file_format="array_record")
   builder.download_and_prepare()
   src = builder.as_data_source(split="test")
-  want_train, want_test = train.make_task_splits(config.task)
+  want_train, want_test = experiment.make_task_splits(config.task)
   assert len(src) == 12 and tfds_builders.problems(src) == want_test
   assert tfds_builders.problems(builder.as_data_source(split="train")) == want_train
   assert cfg.name != "demo" and cfg.name == tfds_builders.countdown_config(config.task.to_dict()).name
@@ -100,7 +101,7 @@ def test_trainers_read_through_tfds_the_same_problems(tmp_path, name):
   if name == "humaneval":
     config.task.seed, config.task.num_test = 3, 20
   direct = registry.load_splits(config.task)
-  via_tfds = train.make_task_splits(config.task, str(tmp_path / "tfds"))
+  via_tfds = experiment.make_task_splits(config.task, str(tmp_path / "tfds"))
   assert via_tfds == direct and len(direct[1]) > 0
   assert any((tmp_path / "tfds").iterdir())
   if name == "hendrycks_math":

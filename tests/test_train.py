@@ -9,7 +9,9 @@ import pytest
 
 from bon_jax import config_lib
 from bon_jax import input_pipeline
-from bon_jax import train
+from bon_jax import pipeline
+from bon_jax import trainer_lib
+from bon_jax import validation
 from configs import demo
 
 
@@ -61,7 +63,7 @@ def test_sft_batch_is_a_function_of_seed_and_step():
 
 def test_resumed_run_matches_uninterrupted_run(tmp_path, monkeypatch):
   full = str(tmp_path / "full")
-  train.train_and_evaluate(_tiny_config(steps=4), full)
+  pipeline.train_and_evaluate(_tiny_config(steps=4), full)
 
   # "Preempt" a run while it builds the batch of step index 3: steps 1-3 ran,
   # the last checkpoint is step 2, so the rerun must redo step 3 exactly.
@@ -75,12 +77,12 @@ def test_resumed_run_matches_uninterrupted_run(tmp_path, monkeypatch):
   cut = str(tmp_path / "cut")
   monkeypatch.setattr(input_pipeline, "sft_batch", preempted)
   with pytest.raises(KeyboardInterrupt):
-    train.train_and_evaluate(_tiny_config(steps=4), cut)
+    pipeline.train_and_evaluate(_tiny_config(steps=4), cut)
   monkeypatch.setattr(input_pipeline, "sft_batch", real_batch)
-  assert train.checkpoint_manager(cut, _tiny_config().train).latest_step() == 2
-  train.train_and_evaluate(_tiny_config(steps=4), cut)
+  assert trainer_lib.checkpoint_manager(cut, _tiny_config().train).latest_step() == 2
+  pipeline.train_and_evaluate(_tiny_config(steps=4), cut)
 
-  restore = lambda d: train.checkpoint_manager(d, _tiny_config().train)
+  restore = lambda d: trainer_lib.checkpoint_manager(d, _tiny_config().train)
   a = restore(full).restore(4)
   b = restore(cut).restore(4)
   jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), a["params"], b["params"])
@@ -89,7 +91,7 @@ def test_resumed_run_matches_uninterrupted_run(tmp_path, monkeypatch):
 
 def test_run_writes_metrics_events_and_report(tmp_path):
   wd = str(tmp_path)
-  results = train.train_and_evaluate(_tiny_config(steps=2), wd)
+  results = pipeline.train_and_evaluate(_tiny_config(steps=2), wd)
   lines = [json.loads(l) for l in open(os.path.join(wd, "metrics.jsonl"))]
   assert [l["step"] for l in lines] == [1, 2] and all(np.isfinite(l["loss"]) for l in lines)
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(wd))
@@ -107,38 +109,38 @@ def test_run_writes_metrics_events_and_report(tmp_path):
 
 def test_workdir_of_another_model_is_refused_and_left_intact(tmp_path):
   wd = str(tmp_path)
-  train.train_and_evaluate(_tiny_config(steps=2), wd)
+  pipeline.train_and_evaluate(_tiny_config(steps=2), wd)
   before = {f: os.path.getmtime(os.path.join(wd, f)) for f in ("config.json", "metrics.jsonl")}
   other = _tiny_config(steps=2)
   other.model.preset = "tiny"
   with pytest.raises(config_lib.UserError, match="different config.*model.preset"):
-    train.train_and_evaluate(other, wd)
+    pipeline.train_and_evaluate(other, wd)
   assert before == {f: os.path.getmtime(os.path.join(wd, f)) for f in before}
 
 
 def test_checkpoint_of_another_shape_without_config_is_refused(tmp_path):
   wd = str(tmp_path)
-  train.train_and_evaluate(_tiny_config(steps=2), wd)
+  pipeline.train_and_evaluate(_tiny_config(steps=2), wd)
   os.remove(os.path.join(wd, "config.json"))
   with pytest.raises(config_lib.UserError, match="holds checkpoints"):
-    train.train_and_evaluate(_tiny_config(steps=2), wd)
+    pipeline.train_and_evaluate(_tiny_config(steps=2), wd)
 
 
 def test_restore_refuses_parameters_of_another_shape(tmp_path):
   import jax.numpy as jnp
   from bon_jax import models
   cfg = _tiny_config()
-  mngr = train.checkpoint_manager(str(tmp_path), cfg.train)
-  opt = train.make_optimizer(cfg.train)
+  mngr = trainer_lib.checkpoint_manager(str(tmp_path), cfg.train)
+  opt = trainer_lib.make_optimizer(cfg.train)
 
   def state_for(preset):
     p = models.init_params(models.make_model(preset=preset, vocab_size=64), jax.random.key(0))
-    return train.TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=opt.init(p))
+    return trainer_lib.TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=opt.init(p))
 
-  mngr.save(2, args=train.ocp.args.StandardSave(state_for("micro")), force=True)
+  mngr.save(2, args=trainer_lib.ocp.args.StandardSave(state_for("micro")), force=True)
   mngr.wait_until_finished()
   with pytest.raises(config_lib.UserError, match="another model shape"):
-    train.restore_or_init(mngr, state_for("tiny"))
+    trainer_lib.restore_or_init(mngr, state_for("tiny"))
 
 
 @pytest.mark.parametrize(
@@ -156,5 +158,5 @@ def test_bad_config_values_are_one_line_user_errors(field, value, match):
   section, key = field.split(".")
   c[section][key] = value
   with pytest.raises(config_lib.UserError, match=match) as e:
-    config_lib.validate(c)
+    validation.validate(c)
   assert "\n" not in str(e.value)

@@ -9,8 +9,11 @@ import optax
 import pytest
 
 from bon_jax import bon
+from bon_jax import defaults
 from bon_jax import models
+from bon_jax import trainer_lib
 from bon_jax import verifier
+from bon_jax.tasks import registry
 
 VOCAB = 64
 
@@ -176,7 +179,7 @@ def test_learned_verifier_scores_prompt_plus_completion(model):
 def test_grader_verifier_grades_with_the_task():
   from bon_jax.tasks import countdown
   p = countdown.make_problem((3, 4, 7, 9), 60)
-  got = verifier.grader_verifier(countdown)([p], [["\\boxed{3*(4+7+9)}", "\\boxed{7*9-3}"]], None)
+  got = verifier.grader_verifier(registry.COUNTDOWN)([p], [["\\boxed{3*(4+7+9)}", "\\boxed{7*9-3}"]], None)
   np.testing.assert_array_equal(got, [[1.0, 0.0]])
 
 
@@ -196,12 +199,12 @@ def test_verifier_stage_trains_on_graded_policy_samples_and_saves(tmp_path):
   train_set, test_set = countdown.make_splits(seed=0, num_train=4, num_test=2)
   model = models.make_model(preset="micro", vocab_size=tok.vocab_size)
   policy = verifier.init_verifier(model, jax.random.key(4))["backbone"]
-  cfg = verifier.default_verifier_config()
+  cfg = defaults.verifier_config()
   # steps=0: BCE training is pinned above; this checks the plumbing (sample, grade, pack, save).
   cfg.update(dict(num_prompts=4, holdout_prompts=2, num_samples=2, max_new_tokens=4, steps=0,
                   warmup_steps=0, ks=(1, 2, 4), prompts_per_batch=2))
   params, report = verifier.run_verifier_stage(
-      cfg, model=model, policy_params=policy, tokenizer=tok, task=countdown,
+      cfg, model=model, policy_params=policy, tokenizer=tok, task=registry.COUNTDOWN,
       train_problems=train_set, test_problems=test_set, out_dir=str(tmp_path))
   # A random policy never solves countdown: all labels 0, AUC undefined, Bo-k = pass@k = 0.
   assert report["ks"] == [1, 2] and report["label_mean"] == 0.0 and np.isnan(report["auc"])
@@ -210,7 +213,7 @@ def test_verifier_stage_trains_on_graded_policy_samples_and_saves(tmp_path):
   jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), params, back)
   with pytest.raises(ValueError, match="needs 4 train and 3 held-out"):
     cfg.holdout_prompts = 3
-    verifier.run_verifier_stage(cfg, model=model, policy_params=policy, tokenizer=tok, task=countdown,
+    verifier.run_verifier_stage(cfg, model=model, policy_params=policy, tokenizer=tok, task=registry.COUNTDOWN,
                                 train_problems=train_set, test_problems=test_set)
 
 
@@ -292,7 +295,7 @@ def test_task_made_data_packs_labelled_examples_like_sampled_data():
 
   tok = tokenizer_lib.task_tokenizer()
   train, _ = countdown.make_splits(seed=1, num_train=5, num_test=0, solution_format="steps")
-  data = verifier.task_made_data(tokenizer=tok, task=countdown, problems=train, num_samples=4,
+  data = verifier.task_made_data(tokenizer=tok, task=registry.COUNTDOWN, problems=train, num_samples=4,
                                  max_new_tokens=40, rng=np.random.default_rng(0))
   assert data["tokens"].shape[:2] == (5, 4) and data["labels"].tolist() == [[1.0, 0.0, 1.0, 0.0]] * 5
   for p, group, labels in zip(train, data["tokens"], data["labels"]):
@@ -302,7 +305,7 @@ def test_task_made_data_packs_labelled_examples_like_sampled_data():
       assert countdown.grade(p, text[len(countdown.prompt_text(p)):]) == bool(label)
   with pytest.raises(ValueError, match="verifier_examples"):
     expr = countdown.make_splits(seed=1, num_train=2, num_test=0)[0]
-    verifier.task_made_data(tokenizer=tok, task=countdown, problems=expr, num_samples=2, max_new_tokens=8,
+    verifier.task_made_data(tokenizer=tok, task=registry.COUNTDOWN, problems=expr, num_samples=2, max_new_tokens=8,
                             rng=np.random.default_rng(0))
 
 
@@ -313,7 +316,7 @@ def test_step_supervision_labels_the_token_that_completes_each_step():
 
   tok = tokenizer_lib.task_tokenizer()
   train, _ = countdown.make_splits(seed=1, num_train=6, num_test=0, solution_format="steps")
-  data = verifier.task_made_data(tokenizer=tok, task=countdown, problems=train, num_samples=4,
+  data = verifier.task_made_data(tokenizer=tok, task=registry.COUNTDOWN, problems=train, num_samples=4,
                                  max_new_tokens=40, rng=np.random.default_rng(0), with_steps=True)
   tokens, labels, mask = data["tokens"], data["step_labels"], data["step_mask"]
   assert labels.shape == mask.shape == tokens.shape
@@ -347,7 +350,7 @@ def test_step_loss_is_the_masked_bce_of_the_per_token_head_and_trains_it(model):
   params = verifier.init_verifier(model, jax.random.key(1))
   optimizer = optax.sgd(0.0)
   own = jax.tree.map(jnp.array, params)  # The step donates its state.
-  state = verifier.VerifierState(jnp.zeros((), jnp.int32), own, optimizer.init(own))
+  state = trainer_lib.TrainState(step=jnp.zeros((), jnp.int32), params=own, opt_state=optimizer.init(own))
   step = verifier.make_verifier_step(model, optimizer, pooling="min", step_weight=0.5)
   batch = {"tokens": tokens[:8, None], "labels": labels[:8, None],
            "step_labels": step_labels[:8, None], "step_mask": step_mask[:8, None]}

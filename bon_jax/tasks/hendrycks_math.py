@@ -165,8 +165,9 @@ def _folder_records(path: str) -> Iterator[tuple[str, object]]:
           files.append((subject, order, name))
   if not files:
     raise ValueError(
-        f"no <subject>/<n>.json files under {path}; point data.math_path at"
-        " one split of the MATH folder (e.g. MATH/test) or at a .jsonl file"
+        f"no <subject>/<n>.json files under {path}: MATH is read one split at a time (e.g."
+        " MATH/test) or from a .jsonl file; set config.task.data_dir to the MATH folder (with"
+        " train/ and test/) or config.task.test_path to the .jsonl file"
     )
   for subject, _, name in sorted(files):
     file = os.path.join(path, subject, name)
@@ -236,7 +237,8 @@ def load_math(
     raise FileNotFoundError(
         f"MATH data not found at {path!r}: download the Hendrycks MATH dataset"
         " (github.com/hendrycks/math) or a JSONL subset such as MATH-500, and"
-        " set data.math_path to a split folder (MATH/test) or the .jsonl file"
+        " set config.task.data_dir to the MATH folder (with train/ and test/) or"
+        " config.task.test_path to the .jsonl file"
     )
   records = _folder_records(path) if os.path.isdir(path) else _jsonl_records(path)
   problems, skipped = [], 0

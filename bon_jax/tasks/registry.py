@@ -1,19 +1,11 @@
 """The task of a config: `config.task.name` -> a task object and its problems.
 
-Training and evaluation code take a *task*: anything with
-
-* ``prompt_text(problem) -> str``: the prompt (without BOS),
-* ``sft_targets(problem, rng) -> str``: a reference completion,
-* ``grade(problem, completion) -> bool``: the environment reward,
-* optionally ``grade_batch(problems, completions) -> float32[B, N]``: the same
-  for B groups of N completions at once (e.g. in parallel processes); when a
-  task has it, training and evaluation grade through it,
-* ``answer_key(problem, completion) -> str | None``: the final answer that
-  maj@k votes on (None: no answer),
-
-and problems with a ``level`` attribute (evaluation reports per level). The
-`countdown` module is such a task; `MathTask` (Hendrycks MATH) and
-`HumanEvalTask` (code, graded in `bon_jax.sandbox`) are the paper's.
+Training and evaluation code take a *task*, a frozen dataclass implementing
+`base.Task` (``prompt_text``, ``sft_targets``, ``grade``, ``grade_batch``,
+``answer_key``) whose problems have a ``level`` (evaluation reports per
+level): `CountdownTask` (the embedded task, `COUNTDOWN`), `MathTask`
+(Hendrycks MATH) and `HumanEvalTask` (code, graded in `bon_jax.sandbox`,
+``grade_batch`` in parallel) are the paper's.
 
 Example::
 
@@ -34,6 +26,7 @@ import ml_collections
 import numpy as np
 
 from bon_jax import grading
+from bon_jax.tasks import base
 from bon_jax.tasks import countdown
 from bon_jax.tasks import hendrycks_math
 from bon_jax.tasks import humaneval
@@ -44,6 +37,43 @@ PROMPT_FORMATS = ("fewshot", "chat")
 # The reference harness's stop sequences (Chen et al., 2021): a completion is
 # the body of the prompt's function, so a new top-level statement ends it.
 HUMANEVAL_STOPS = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
+
+
+# ----------------------------------------------------------------------------
+# Countdown (the embedded task).
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class CountdownTask:
+  """The embedded Countdown task (`bon_jax.tasks.countdown`): its problems carry their format."""
+
+  def prompt_text(self, problem: countdown.Problem) -> str:
+    return countdown.prompt_text(problem)
+
+  def sft_targets(self, problem: countdown.Problem, rng: np.random.Generator) -> str:
+    return countdown.sft_targets(problem, rng)
+
+  def grade(self, problem: countdown.Problem, completion: str) -> bool:
+    return countdown.grade(problem, completion)
+
+  def grade_batch(self, problems: Sequence[countdown.Problem],
+                  completions: Sequence[Sequence[str]]) -> np.ndarray:
+    return base.grade_each(self.grade, problems, completions)
+
+  def answer_key(self, problem: countdown.Problem, completion: str) -> str | None:
+    return countdown.answer_key(problem, completion)
+
+  def verifier_examples(self, problem: countdown.Problem, rng: np.random.Generator,
+                        num: int) -> list[tuple[str, float]]:
+    """Task-made (completion, label) pairs (`countdown.verifier_examples`)."""
+    return countdown.verifier_examples(problem, rng, num)
+
+  def step_labels(self, problem: countdown.Problem, completion: str) -> list[tuple[int, float]]:
+    """Process labels of a step answer (`countdown.step_labels`), for `verifier.step_supervision`."""
+    return countdown.step_labels(problem, completion)
+
+
+COUNTDOWN = CountdownTask()
 
 
 # ----------------------------------------------------------------------------
@@ -87,6 +117,10 @@ class MathTask:
 
   def grade(self, problem: hendrycks_math.MathProblem, completion: str) -> bool:
     return hendrycks_math.grade_math(self._answer_part(completion), problem.answer)
+
+  def grade_batch(self, problems: Sequence[hendrycks_math.MathProblem],
+                  completions: Sequence[Sequence[str]]) -> np.ndarray:
+    return base.grade_each(self.grade, problems, completions)
 
   def answer_key(self, problem: hendrycks_math.MathProblem, completion: str) -> str | None:
     """The normalised boxed answer (string classes, not math-verify's)."""
@@ -169,9 +203,8 @@ class HumanEvalTask:
   ) -> np.ndarray:
     """float32[B, N] 0/1 rewards of B groups of N completions, judged in parallel.
 
-    The batch grading path: training (`verifier.grade_completions`) and
-    evaluation call it when a task has it, so a step's completions are
-    judged together instead of one after another.
+    Training and evaluation grade through it (`base.grade_completions`), so
+    a step's completions are judged together instead of one after another.
     """
     return np.asarray(self.grade_many(problems, completions), np.float32)
 
@@ -185,9 +218,9 @@ class HumanEvalTask:
 
 
 def make_task(cfg: ml_collections.ConfigDict) -> Any:
-  """The task object of ``config.task`` (the `countdown` module for countdown)."""
+  """The `base.Task` of ``config.task``."""
   if cfg.name == "countdown":
-    return countdown
+    return COUNTDOWN
   if cfg.name == "hendrycks_math":
     return MathTask(prompt_format=cfg.prompt_format, num_shots=cfg.num_shots)
   if cfg.name == "humaneval":
@@ -195,59 +228,43 @@ def make_task(cfg: ml_collections.ConfigDict) -> Any:
   raise ValueError(f"config.task.name={cfg.name!r} is unknown; choose one of {NAMES}")
 
 
-def load_splits(cfg: ml_collections.ConfigDict, *,
-                tfds_dir: str | None = None) -> tuple[list[Any], list[Any]]:
+def load_splits(cfg: ml_collections.ConfigDict) -> tuple[list[Any], list[Any]]:
   """(train, test) problems of ``config.task``.
 
-  hendrycks_math: ``<data_dir>/train`` and ``<data_dir>/test`` (or
-  ``test_path``, e.g. a MATH-500 .jsonl), filtered by ``levels`` and
-  ``subjects`` (empty = all). humaneval: the 164 problems in a fixed random
-  order (``seed``); the first ``num_test`` are the test split, the rest train.
-
-  `tfds_dir`: read the problems through the tensorflow-datasets builders of
-  `bon_jax.tfds_builders`, prepared in that data dir (the same problems; the
-  trainers do this, in their workdir).
+  countdown: `countdown.make_splits` of the task's options. hendrycks_math:
+  ``<data_dir>/train`` and ``<data_dir>/test`` (or ``test_path``, e.g. a
+  MATH-500 .jsonl), filtered by ``levels`` and ``subjects`` (empty = all).
+  humaneval: the 164 problems in a fixed random order (``seed``); the first
+  ``num_test`` are the test split, the rest train. The trainers read the same
+  problems through TensorFlow Datasets (`tfds_builders.load_splits`).
   """
-  if tfds_dir is not None:
-    from bon_jax import tfds_builders  # pylint: disable=g-import-not-at-top  (it imports us)
   if cfg.name == "countdown":
-    options = {k: v for k, v in cfg.to_dict().items() if k != "name"}
-    options = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
-    if tfds_dir is not None:
-      return tfds_builders.countdown_splits(options, tfds_dir)
-    return countdown.make_splits(**options)
+    return countdown.make_splits(**countdown_options(cfg))
   if cfg.name == "hendrycks_math":
-    kw = dict(levels=tuple(cfg.levels) or hendrycks_math.LEVELS,
-              subjects=tuple(cfg.subjects) or None)
-    if tfds_dir is None or cfg.test_path:
-      test = hendrycks_math.load_math(cfg.test_path or os.path.join(cfg.data_dir, "test"), **kw)
-    else:
-      test = _filter_math(tfds_builders.math_split(cfg.data_dir, "test", tfds_dir), **kw)
-    if tfds_dir is None:
-      train = hendrycks_math.load_math(os.path.join(cfg.data_dir, "train"), **kw)
-    else:
-      train = _filter_math(tfds_builders.math_split(cfg.data_dir, "train", tfds_dir), **kw)
+    kw = math_filters(cfg)
+    test = hendrycks_math.load_math(cfg.test_path or os.path.join(cfg.data_dir, "test"), **kw)
+    train = hendrycks_math.load_math(os.path.join(cfg.data_dir, "train"), **kw)
     return train, test
   if cfg.name == "humaneval":
-    if tfds_dir is not None:
-      problems = tfds_builders.humaneval_problems(tfds_dir)
-    else:
-      problems = [CodeProblem(id=p["task_id"], prompt=p["prompt"], test=p["test"],
-                              entry_point=p["entry_point"],
-                              canonical_solution=p["canonical_solution"])
-                  for p in humaneval.load_humaneval()]
-    order = np.random.default_rng(cfg.seed).permutation(len(problems))
-    problems = [problems[i] for i in order]
-    return problems[cfg.num_test:], problems[: cfg.num_test]
+    return humaneval_splits(cfg, [
+        CodeProblem(id=p["task_id"], prompt=p["prompt"], test=p["test"], entry_point=p["entry_point"],
+                    canonical_solution=p["canonical_solution"])
+        for p in humaneval.load_humaneval()])
   raise ValueError(f"config.task.name={cfg.name!r} is unknown; choose one of {NAMES}")
 
 
-def _filter_math(problems: Sequence[Any], *, levels: Sequence[int],
-                 subjects: Sequence[str] | None) -> list[Any]:
-  """`hendrycks_math.load_math`'s level and subject filters on loaded problems."""
-  keys = None if subjects is None else {hendrycks_math.subject_key(s) for s in subjects}
-  out = [p for p in problems
-         if p.level in levels and (keys is None or p.subject in keys)]
-  if not out:
-    raise ValueError(f"no MATH problems left with levels={levels}, subjects={subjects}")
-  return out
+def countdown_options(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
+  """`countdown.make_splits`'s keyword arguments of a countdown ``config.task``."""
+  return {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.to_dict().items() if k != "name"}
+
+
+def math_filters(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
+  """`hendrycks_math.load_math`'s level and subject filters of ``config.task``."""
+  return dict(levels=tuple(cfg.levels) or hendrycks_math.LEVELS, subjects=tuple(cfg.subjects) or None)
+
+
+def humaneval_splits(cfg: ml_collections.ConfigDict, problems: Sequence[Any]) -> tuple[list[Any], list[Any]]:
+  """(train, test): the problems in the fixed random order of ``cfg.seed``, the first num_test test."""
+  order = np.random.default_rng(cfg.seed).permutation(len(problems))
+  problems = [problems[i] for i in order]
+  return problems[cfg.num_test:], problems[: cfg.num_test]

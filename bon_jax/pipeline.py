@@ -1,0 +1,211 @@
+"""The whole job: `train_and_evaluate(config, workdir)`, every stage resumable.
+
+1. SFT of the policy (`bon_jax.train`), the base of every later stage;
+2. the learned verifier (`bon_jax.verifier`) on its graded samples, when
+   ``config.verifier.steps > 0``;
+3. each of ``config.algorithms`` fine-tuned from the SFT policy through the
+   one loop of `bon_jax.rl` (``<workdir>/rl/<name>``);
+4. every policy evaluated on the same held-out prompts with the same keys
+   (`bon_jax.evaluate`), and one comparison (`bon_jax.compare`).
+
+A rerun with the same `--workdir` resumes each stage from its checkpoints and
+reuses finished stages and evaluations: batches, prompts and sampling keys are
+pure functions of `(seed, step)`, so the result equals an uninterrupted run.
+
+Workdir layout::
+
+  config.json            the config of the first run (identity check on resume)
+  runs.jsonl             one line per launch
+  tfds/                  the task's records (`bon_jax.tfds_builders`)
+  checkpoints/<step>/    the SFT policy's Orbax TrainState {step, params, opt_state}
+  metrics.jsonl          one JSON object per logged SFT step
+  events.out.tfevents.*  the same metrics for TensorBoard
+  eval/step_<s>.{json,png}  pass@k / Bo-k / maj@k curves of the policy at step s
+  verifier/              the learned verifier and its report
+  rl/<name>/             each fine-tuning stage: the same layout
+  compare.{json,md,png}  the comparison of every policy
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from typing import Any
+
+from absl import logging
+import jax
+import ml_collections
+
+from bon_jax import compare
+from bon_jax import config_lib
+from bon_jax import defaults
+from bon_jax import evaluate
+from bon_jax import experiment
+from bon_jax import models
+from bon_jax import rl
+from bon_jax import train
+from bon_jax import validation
+from bon_jax import verifier as verifier_lib
+
+BASE = config_lib.BASE  # The SFT policy in the pipeline's results and tables.
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """The whole job, resuming every stage from `workdir`.
+
+  1. SFT (`train.train_sft`) of the policy: the base of every later stage.
+  2. The learned verifier (`verifier.run_verifier_stage`) on the SFT policy's
+     graded samples, when ``config.verifier.steps > 0``.
+  3. Each of ``config.algorithms`` fine-tuned from the SFT policy through the
+     one loop of `bon_jax.rl.train_rl` (``workdir/rl/<algorithm>``).
+  4. Every policy evaluated on the same held-out prompts with the same keys
+     (pass@k, Bo-k with the grader and the learned verifier, maj@k), at
+     ``eval.temperature`` and each of ``eval.extra_temperatures``, and one
+     comparison table + plot (``workdir/compare.{json,md,png}``).
+
+  Returns {policy name: evaluation results at eval.temperature}, where
+  `BASE` is the SFT policy every stage starts from.
+  """
+  validation.validate(config)
+  tok = experiment.load_tokenizer(config)  # Before the workdir: a bad tokenizer leaves nothing behind.
+  config_lib.prepare_workdir(config, workdir)
+  task = experiment.make_task(config)
+  train_set, test_set = experiment.make_task_splits(config.task, os.path.join(workdir, experiment.TFDS_DIR))
+  model = experiment.make_policy(config, tok)
+  state = train.train_sft(config, workdir, model=model, tokenizer=tok, train_set=train_set, task=task)
+  base_params, final = state.params, config.train.steps
+  del state
+
+  learned = None
+  if config.verifier.steps > 0:
+    vparams = _verifier_stage(config, workdir, model, base_params, tok, train_set, test_set, task)
+    learned = verifier_lib.learned_verifier(models.base_model(model), vparams, tokenizer=tok, task=task,
+                                            pooling=config.verifier.pooling)
+
+  results = {BASE: _evaluate_all(config, workdir, model, base_params, tok, test_set, final, learned, task)}
+  for name in config.algorithms:
+    stage = config_lib.stage_config(config, name)
+    stage_dir = os.path.join(workdir, "rl", name)
+    # The pipeline's verifier unless the stage names its own checkpoint.
+    sel = learned if stage.rl.verifier == "learned" and not stage.rl.verifier_ckpt else None
+    print(f"\nFine-tuning {name!r} ({stage.rl.algorithm}, N'={stage.rl.N_prime}, N={stage.rl.N},"
+          f" {stage.rl.steps} steps) in {stage_dir}")
+    rl_state, _ = rl.train_rl(stage, stage_dir, init_params=base_params, problems=train_set,
+                              task=task, verifier=sel)
+    results[name] = _evaluate_all(config, stage_dir, model, rl_state.params, tok, test_set,
+                                  stage.rl.steps, learned, task)
+    del rl_state
+  if config.algorithms:
+    compare.write_comparison(results, workdir, temperature=config.eval.temperature)
+  return results
+
+
+def _plain(model: Any, params: Any) -> Any:
+  """Params of the plain Transformer (LoRA adapters folded in), e.g. for the verifier's backbone."""
+  return models.merge_lora(model, params) if models.is_lora(model) else params
+
+
+def _verifier_stage(config, workdir, model, base_params, tok, train_set, test_set, task) -> Any:
+  """Trains the verifier once per workdir; a rerun loads it (same config) or refuses."""
+  out_dir = os.path.join(workdir, "verifier")
+  report_path = os.path.join(out_dir, "report.json")
+  want = json.loads(json.dumps({"verifier": config.verifier.to_dict(), "train_steps": config.train.steps}))
+  if os.path.exists(report_path):
+    with open(report_path) as f:
+      saved = json.load(f)
+    if "verifier" in saved.get("config", {}):
+      # Fields added to config.verifier after the stage ran count at their defaults.
+      current = json.loads(json.dumps(defaults.verifier_config().to_dict()))
+      saved["config"]["verifier"] = {**current, **saved["config"]["verifier"]}
+    if saved.get("config") != want:
+      raise config_lib.UserError(
+          f"{out_dir} holds a verifier trained with another config.verifier or SFT length;"
+          " use a new --workdir or the original settings")
+    print(f"\nLearned verifier: loaded from {out_dir} (held-out AUC {saved['report']['auc']:.3f})")
+    return verifier_lib.load_verifier(os.path.join(out_dir, "verifier"), models.base_model(model))
+  print(f"\nTraining the verifier ({config.verifier.steps} steps on"
+        f" {config.verifier.num_prompts} x {config.verifier.num_samples} SFT samples)")
+  t0 = time.perf_counter()
+  vparams, report = verifier_lib.run_verifier_stage(
+      config.verifier, model=models.base_model(model), policy_params=_plain(model, base_params),
+      tokenizer=tok, task=task,
+      train_problems=train_set, test_problems=test_set, out_dir=out_dir)
+  report["seconds"] = time.perf_counter() - t0
+  with open(report_path, "w") as f:
+    json.dump({"config": want, "report": report}, f, indent=1)
+  ks = report["ks"]
+  print(f"Verifier: held-out AUC {report['auc']:.3f} (within prompts {report['within_prompt_auc']:.3f}); Bo-k "
+        + ", ".join(f"k={k}: {100 * v:.1f}%" for k, v in zip(ks, report["bo@k"]))
+        + " (pass@k " + ", ".join(f"{100 * v:.1f}%" for v in report["pass@k"]) + ")")
+  return vparams
+
+
+def _evaluate_all(config, workdir, model, params, tok, test_set, step, verifier, task) -> dict[str, Any]:
+  """`_evaluate_once` at eval.temperature and at each extra temperature."""
+  results = _evaluate_once(config, workdir, model, params, tok, test_set, step, verifier, task=task)
+  for t in config.eval.extra_temperatures:
+    cfg = ml_collections.ConfigDict(config.to_dict())
+    cfg.eval.temperature = float(t)
+    _evaluate_once(cfg, workdir, model, params, tok, test_set, step, verifier, task=task, suffix=f"_T{t:g}")
+  return results
+
+
+# Settings of the whole evaluation stage, not of one evaluation: they do not
+# invalidate a saved one.
+_STAGE_ONLY_EVAL_FIELDS = ("extra_temperatures",)
+
+
+def _saved_evaluation(out_dir: str, name: str, eval_cfg: ml_collections.ConfigDict,
+                      learned: bool) -> dict[str, Any] | None:
+  """A saved `name.json` or `name_<time>.json` made with `eval_cfg` and the same verifier kind."""
+  if not os.path.isdir(out_dir):
+    return None
+  pattern = re.compile(re.escape(name) + r"(_\d+)?\.json")
+  want = {k: v for k, v in json.loads(json.dumps(eval_cfg.to_dict())).items() if k not in _STAGE_ONLY_EVAL_FIELDS}
+  for fname in sorted(os.listdir(out_dir)):
+    if not pattern.fullmatch(fname):
+      continue
+    with open(os.path.join(out_dir, fname)) as f:
+      saved = json.load(f)
+    got = {k: v for k, v in saved.get("eval_config", {}).items() if k not in _STAGE_ONLY_EVAL_FIELDS}
+    if got == want and saved.get("verifier") == ("learned" if learned else None):
+      logging.info("Evaluation already in %s", os.path.join(out_dir, fname))
+      return saved
+  return None
+
+
+def _evaluate_once(config, workdir, model, params, tok, test_set, step, verifier=None, *,
+                   task: Any, suffix: str = "") -> dict[str, Any]:
+  """Evaluates at `step` unless an `eval/step_<step><suffix>[_<time>].json` has this eval config."""
+  out_dir = os.path.join(workdir, "eval")
+  name = f"step_{step}{suffix}"
+  path = os.path.join(out_dir, name + ".json")
+  saved = _saved_evaluation(out_dir, name, config.eval, verifier is not None)
+  if saved is not None:
+    print(evaluate.format_table(saved))
+    return saved
+  if os.path.exists(path):
+    name = f"step_{step}{suffix}_{int(time.time())}"  # Never overwrite an earlier evaluation.
+  problems = test_set[: config.eval.num_prompts]
+  graded = evaluate.sample_and_grade(
+      model=model,
+      params=params,
+      tokenizer=tok,
+      problems=problems,
+      task=task,
+      cfg=config.eval,
+      # The same key for every policy and stage: paired comparisons on common samples.
+      rng=jax.random.fold_in(jax.random.key(config.seed), 0xE7A1),
+      verifier=verifier,
+  )
+  results = evaluate.summarize(graded, problems)
+  results["eval_config"] = config.eval.to_dict()
+  results["verifier"] = "learned" if verifier is not None else None
+  results["step"] = step
+  json_path, png_path = evaluate.write_report(results, out_dir, name)
+  print(f"\nHeld-out evaluation of {workdir} at step {step} (T={config.eval.temperature}):")
+  print(evaluate.format_table(results))
+  print(f"\nWrote {json_path} and {png_path}")
+  return results
