@@ -56,7 +56,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from absl import logging
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -160,48 +159,12 @@ def _normalisers(rows: dict[str, jax.Array], num_prompts: int) -> dict[str, jax.
 VOCAB_CHUNK = 16384
 
 
-def _row_constraint(mesh: jax.sharding.Mesh | None, rows: int) -> Callable[[jax.Array], jax.Array] | None:
-  """x[rows, ...] -> x constrained to its rows split over `sharding.BATCH_AXES`.
-
-  None without a mesh, or when the batch axes do not divide `rows`.
-  """
-  if mesh is None or tuple(sharding.batch_spec_for((rows,), mesh)) == ():
-    return None
-
-  def constrain(x):
-    spec = jax.sharding.PartitionSpec(sharding.BATCH_AXES, *([None] * (x.ndim - 1)))
-    return jax.lax.with_sharding_constraint(x, jax.sharding.NamedSharding(mesh, spec))
-
-  return constrain
-
-
-def _apply(model: Any, params: Params, tokens: jax.Array, constrain: Callable[[jax.Array], jax.Array] | None, **kw):
-  """`model.apply` with every module output of the rows kept split over the batch axes.
-
-  Without it XLA's partitioner may keep each FSDP-sharded weight in place and
-  replicate the activations instead (every device then computes partial sums
-  of ALL the rows' activations and logits and all-reduces them:
-  bench/compiled_memory.py found 8 rows' float32 logits on every device).
-  """
-  if constrain is None:
-    return model.apply({"params": params}, tokens, **kw)
-  rows = tokens.shape[0]
-
-  def interceptor(next_fun, args, kwargs, context):
-    del context
-    out = next_fun(*args, **kwargs)
-    return jax.tree.map(
-        lambda x: constrain(x) if isinstance(x, jax.Array) and x.ndim >= 2 and x.shape[0] == rows else x, out)
-
-  with nn.intercept_methods(interceptor):
-    return model.apply({"params": params}, tokens, **kw)
-
-
 def _token_terms_full(model, params, ref_params, flat, *, temperature, constrain):
   """Per-token (target log-prob, entropy, KL, reference log-prob) from full-vocabulary log-softmaxes."""
 
   def log_probs(p):
-    logits = _apply(model, p, flat, constrain).logits[:, :-1].astype(jnp.float32)
+    logits = sharding.apply_rows_split(model, p, flat, constrain).logits
+    logits = logits[:, :-1].astype(jnp.float32)
     return jax.nn.log_softmax(logits / temperature, axis=-1)  # [r, L-1, V]
 
   logp_all = log_probs(params)
@@ -241,7 +204,7 @@ def _token_terms_chunked(model, params, ref_params, flat, *, temperature, constr
   targets = flat[:, 1:]
 
   def hidden(p):
-    h = _apply(model, p, flat, constrain, return_hidden_states=True).hidden_states[:, :-1]
+    h = sharding.apply_rows_split(model, p, flat, constrain, return_hidden_states=True).hidden_states[:, :-1]
     return (h if constrain is None else constrain(h)), p["embedder"]["input_embedding"]
 
   def split(table):
@@ -331,14 +294,14 @@ def _rows_loss(
   Every value is a sum over rows divided by a batch-wide `norm`, so summing
   it over a partition of the batch's rows gives the whole batch's value.
   With a `mesh`, the rows' activations stay split over its batch axes
-  (`_apply`); ``vocab_chunk > 0`` smaller than the vocabulary takes the
+  (`sharding.apply_rows_split`); ``vocab_chunk > 0`` smaller than the vocabulary takes the
   log-softmax a chunk at a time (`_token_terms_chunked`): the same values.
   """
   if ref_params is None and kl_coef:
     raise ValueError("kl_coef > 0 needs ref_params (the frozen reference policy)")
   flat, mask, w = rows["tokens"], rows["completion_mask"], rows["weights"]
   smask = mask * rows["sample_mask"][:, None]
-  constrain = _row_constraint(mesh, flat.shape[0])
+  constrain = sharding.rows_constraint(mesh, flat.shape[0])
   if constrain is not None:
     flat = constrain(flat)
   vocab = models.base_model(model).config.num_embed
