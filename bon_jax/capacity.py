@@ -19,14 +19,29 @@ the most loaded device holds of:
   Prompts and the B x N decoding rows are split over the mesh's batch axes
   (`sharding.batch_spec_for`), kv heads over ``tensor`` (as the kv kernel
   is);
-* one float32 copy of the update's logits [rows, P + T - 1, vocab]
-  (`rl.policy_loss` takes a full-vocabulary log-softmax of every row for the
-  exact KL and entropy, and holds a few such arrays at once); with
-  ``rl.microbatch_rows = k > 0`` the rows of one microbatch (k), plus the
-  float32 gradient accumulator.
+* the update's working set, as XLA compiles `rl.make_policy_update` on a
+  mesh (bench/compiled_memory.py, BENCHMARKS.md "Compiled memory beside the
+  plan"): the rows of one microbatch (``rl.microbatch_rows = k > 0``, else
+  all B x N') are split over the batch axes, and for them a device holds
+  - every layer's weights all-gathered (FSDP), kept from the forward to the
+    backward pass, in float32 and in both orientations (W and W^T): 8 bytes
+    per layer parameter;
+  - every layer's activations saved for the backward pass, float32: per
+    row, token and layer 3 x heads x (P + T) (attention logits, soft-capped
+    logits, probabilities) + 5 x ffw_hidden (gate and up projections, GELU,
+    product) + 2 x embed_dim values;
+  - one float32 [rows, P + T - 1, chunk] slice of the logits: the update
+    log-softmaxes the vocabulary `rl.VOCAB_CHUNK` entries at a time;
+  - with full fine-tuning, ~4 float32 copies of the device's shard of the
+    embedding table (the chunked decode's stacked gradients and their sum);
+  - with k > 0, the float32 gradient accumulator.
+  These coefficients are read off XLA:CPU's buffer assignment, where every
+  bfloat16 matmul runs in float32 (a TPU / GPU compile keeps bfloat16
+  activations and weights: about half); they reproduce the compiled Gemma 2
+  2B update to a few percent.
 
-Activations other than the logits, and XLA's temporary buffers, are not
-counted. `format_plan` prints it (``python -m bon_jax.main --dry_run``).
+Other activations, and XLA's smaller temporaries, are not counted.
+`format_plan` prints it (``python -m bon_jax.main --dry_run``).
 
 Example::
 
@@ -231,16 +246,35 @@ def plan(config: ml_collections.ConfigDict, *, num_devices: int | None = None) -
                    f" microbatches (rl.microbatch_rows={micro})")
     else:
       row_shards = n_batch
-    per_device["update_logits_f32"] = -(-rows // row_shards) * length * vocab * 4
-    notes.append(f"update_logits_f32: one float32 [rows={rows}, {length}, V={vocab}] array of"
-                 " the update (rl.policy_loss keeps several: log-probs, probs, the reference's;"
-                 " ~5-7 live at the peak on XLA:CPU, bench/microbatch_bench.py)")
+    from bon_jax import rl as rl_lib  # pylint: disable=g-import-not-at-top
+
+    rows_here = -(-rows // row_shards)
+    layer_params = sum(x.size for path, x in jax.tree_util.tree_leaves_with_path(
+        models.abstract_params(base)) if str(getattr(path[0], "key", "")).startswith("layer_"))
+    per_device["update_gathered_layers_f32"] = 8 * layer_params
+    per_token = 3 * tc.num_heads * (length + 1) + 5 * tc.hidden_dim + 2 * tc.embed_dim
+    per_device["update_activations_f32"] = 4 * rows_here * (length + 1) * tc.num_layers * per_token
+    chunks = -(-vocab // rl_lib.VOCAB_CHUNK)
+    chunk = -(-vocab // chunks)
+    per_device["update_logits_f32"] = rows_here * length * chunk * 4
+    if not lora_rank:
+      table = jax.ShapeDtypeStruct((vocab, tc.embed_dim), jnp.float32)
+      per_device["update_embedding_grad_f32"] = 4 * sharding.per_device_bytes(
+          [table], [sharding.param_specs({"embedder": {"input_embedding": table}}, amesh)["embedder"][
+              "input_embedding"]], amesh)
+    notes.append(f"update: {rows_here} of {rows} rows per device; update_gathered_layers_f32: every layer's"
+                 " weights gathered, float32, W and W^T; update_activations_f32: every layer's saved"
+                 f" activations of those rows; update_logits_f32: one float32 [{rows_here}, {length},"
+                 f" {chunk}] vocabulary chunk (rl.VOCAB_CHUNK); as XLA:CPU compiles the update"
+                 " (bench/compiled_memory.py; bfloat16 on TPU / GPU: about half)")
   resident = sum(per_device.get(k, 0) for k in
                  ("params", "optimizer_state", "reference_params", "verifier_params"))
   phases = {"resident (params, optimizer, reference, verifier)": resident}
   if stages:
     phases["rl sampling (resident + kv_cache_rl)"] = resident + per_device["kv_cache_rl"]
-    update = [k for k in ("gradients", "gradient_accumulator_f32", "update_logits_f32") if k in per_device]
+    update = [k for k in ("gradients", "gradient_accumulator_f32", "update_gathered_layers_f32",
+                          "update_activations_f32", "update_logits_f32", "update_embedding_grad_f32")
+              if k in per_device]
     phases[f"rl update (resident + {' + '.join(update)})"] = resident + sum(per_device[k] for k in update)
   phases["eval sampling (params + its KV cache)"] = params_bytes + samplers[-1]["kv_per_device"]
   return {
@@ -296,7 +330,7 @@ def format_plan(p: dict[str, Any]) -> str:
   width = max(len(k) for k in p["per_device_bytes"])
   for name, value in p["per_device_bytes"].items():
     lines.append(f"  {name:<{width}}  {value / GIB:8.2f} GiB  ({value:,} bytes)")
-  lines.append("peak per device by phase (activations besides the logits not counted):")
+  lines.append("peak per device by phase:")
   width = max(len(k) for k in p["phases"])
   for name, value in p["phases"].items():
     lines.append(f"  {name:<{width}}  {value / GIB:8.2f} GiB")

@@ -105,6 +105,129 @@ def _normalisers(rows: dict[str, jax.Array], num_prompts: int) -> dict[str, jax.
           "tokens": jnp.maximum(jnp.sum(smask), 1.0)}
 
 
+# Vocabulary entries per chunk of the update's log-softmax (`_token_terms_chunked`):
+# a vocabulary larger than this is never held whole as float32 [rows, L, V]
+# arrays. Gemma's 256,128 entries make 16 chunks of 16,008.
+VOCAB_CHUNK = 16384
+
+
+def _token_terms_full(model, params, ref_params, flat, *, temperature, constrain):
+  """Per-token (target log-prob, entropy, KL, reference log-prob) from full-vocabulary log-softmaxes."""
+
+  def log_probs(p):
+    logits = sharding.apply_rows_split(model, p, flat, constrain).logits
+    logits = logits[:, :-1].astype(jnp.float32)
+    return jax.nn.log_softmax(logits / temperature, axis=-1)  # [r, L-1, V]
+
+  logp_all = log_probs(params)
+  logp = jnp.take_along_axis(logp_all, flat[:, 1:, None], axis=-1)[..., 0]
+  probs = jnp.exp(logp_all)
+  ent_tok = -jnp.sum(probs * logp_all, axis=-1)
+  if ref_params is None:
+    return logp, ent_tok, None, None
+  ref_all = jax.lax.stop_gradient(log_probs(ref_params))
+  # Exact per-prefix KL. Its gradient is sum_v grad(p_v) (log p_v - log ref_v): the other
+  # term, sum_v p_v grad log p_v = grad sum_v p_v, is 0 analytically but float noise
+  # (~1e-7) that Adam would blow up to full steps when the weights are all 0, so the
+  # log-ratio is held fixed (same value, exact gradient). At pi == pi_ref the two forward
+  # passes still differ by float32 round-off (~1e-7 nats, a ~1e-9 gradient that Adam would
+  # also normalise into a real step): log-ratios below _LOG_RATIO_ATOL count as 0.
+  log_ratio = jax.lax.stop_gradient(logp_all - ref_all)
+  log_ratio = jnp.where(jnp.abs(log_ratio) < _LOG_RATIO_ATOL, 0.0, log_ratio)
+  kl_tok = jnp.sum(probs * log_ratio, axis=-1)
+  ref_logp = jnp.take_along_axis(ref_all, flat[:, 1:, None], axis=-1)[..., 0]
+  return logp, ent_tok, kl_tok, ref_logp
+
+
+def _token_terms_chunked(model, params, ref_params, flat, *, temperature, constrain, chunk, mesh):
+  """`_token_terms_full`'s values, the vocabulary taken `chunk` entries at a time.
+
+  The final hidden states [r, L-1, D] are decoded against one slice of the
+  embedding table at a time, as gemma's `Embedder.decode` and final
+  soft-cap do (same dtypes), inside `jax.lax.scan`s whose bodies are
+  rematerialised: no [r, L-1, V] array exists, forward or backward, only
+  [r, L-1, chunk] ones. A first sweep takes each row's online logsumexp,
+  sum_v e^z z (entropy) and target logit; with a reference policy a second
+  sweep sums p_v * log-ratio_v (the KL, thresholded as in the full form).
+  Costs extra matmuls: the decode is recomputed in every sweep and again in
+  the backward pass.
+  """
+  cap = models.base_model(model).config.final_logit_softcap
+  targets = flat[:, 1:]
+
+  def hidden(p):
+    h = sharding.apply_rows_split(model, p, flat, constrain, return_hidden_states=True).hidden_states[:, :-1]
+    return (h if constrain is None else constrain(h)), p["embedder"]["input_embedding"]
+
+  def split(table):
+    v, d = table.shape
+    n = -(-v // chunk)
+    size = -(-v // n)
+    table = jnp.pad(table, ((0, n * size - v), (0, 0)))
+    return table.reshape(n, size, d), jnp.arange(n) * size, v
+
+  replicated = (lambda x: x) if mesh is None else (
+      lambda x: jax.lax.with_sharding_constraint(x, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())))
+
+  def decode(h, e, offset, v):
+    z = jnp.dot(h, replicated(e).T)  # Embedder.decode
+    if cap is not None:
+      z = z / cap
+      z = jnp.tanh(z) * cap
+    z = z.astype(jnp.float32) / temperature
+    valid = offset + jnp.arange(e.shape[0]) < v
+    return z, valid
+
+  def first_sweep(h, table):
+    chunks, offsets, v = split(table)
+    r, l = targets.shape
+
+    @functools.partial(jax.checkpoint, prevent_cse=False)
+    def body(carry, x):
+      m, s, t, zy = carry
+      e, offset = x
+      z, valid = decode(h, e, offset, v)
+      zm = jnp.where(valid, z, -jnp.inf)
+      m_new = jax.lax.stop_gradient(jnp.maximum(m, jnp.max(zm, axis=-1)))
+      scale = jnp.exp(m - m_new)
+      ez = jnp.where(valid, jnp.exp(z - m_new[..., None]), 0.0)
+      s = s * scale + jnp.sum(ez, axis=-1)
+      t = t * scale + jnp.sum(ez * jnp.where(valid, z, 0.0), axis=-1)
+      local = targets - offset
+      inside = (local >= 0) & (local < e.shape[0])
+      hit = jnp.take_along_axis(z, jnp.clip(local, 0, e.shape[0] - 1)[..., None], axis=-1)[..., 0]
+      zy = zy + jnp.where(inside, hit, 0.0)
+      return (m_new, s, t, zy), None
+
+    zeros = jnp.zeros((r, l), jnp.float32)
+    init = (jnp.full((r, l), -jnp.inf, jnp.float32), zeros, zeros, zeros)
+    (m, s, t, zy), _ = jax.lax.scan(body, init, (chunks, offsets))
+    lse = m + jnp.log(s)
+    return lse, zy - lse, lse - t / s  # logsumexp, target log-prob, entropy
+
+  h, table = hidden(params)
+  lse, logp, ent_tok = first_sweep(h, table)
+  if ref_params is None:
+    return logp, ent_tok, None, None
+  h_ref, table_ref = jax.lax.stop_gradient(hidden(ref_params))
+  lse_ref, ref_logp, _ = jax.lax.stop_gradient(first_sweep(h_ref, table_ref))
+  chunks, offsets, v = split(table)
+  chunks_ref, _, _ = split(table_ref)
+
+  @functools.partial(jax.checkpoint, prevent_cse=False)
+  def kl_body(kl, x):
+    e, e_ref, offset = x
+    z, valid = decode(h, e, offset, v)
+    z_ref, _ = decode(h_ref, e_ref, offset, v)
+    logp_all = z - lse[..., None]
+    log_ratio = jax.lax.stop_gradient(logp_all - (z_ref - lse_ref[..., None]))
+    log_ratio = jnp.where(valid & (jnp.abs(log_ratio) >= _LOG_RATIO_ATOL), log_ratio, 0.0)
+    return kl + jnp.sum(jnp.exp(logp_all) * log_ratio, axis=-1), None
+
+  kl_tok, _ = jax.lax.scan(kl_body, jnp.zeros(targets.shape, jnp.float32), (chunks, chunks_ref, offsets))
+  return logp, ent_tok, kl_tok, ref_logp
+
+
 def _rows_loss(
     model: Any,
     params: Params,
@@ -115,28 +238,35 @@ def _rows_loss(
     kl_coef: float,
     entropy_coef: float,
     temperature: float,
+    mesh: jax.sharding.Mesh | None = None,
+    vocab_chunk: int = 0,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """`policy_loss`'s row-additive part: (loss, metrics) of some rows [r, ...].
 
   Every value is a sum over rows divided by a batch-wide `norm`, so summing
   it over a partition of the batch's rows gives the whole batch's value.
+  With a `mesh`, the rows' activations stay split over its batch axes
+  (`sharding.apply_rows_split`); ``vocab_chunk > 0`` smaller than the vocabulary takes the
+  log-softmax a chunk at a time (`_token_terms_chunked`): the same values.
   """
   if ref_params is None and kl_coef:
     raise ValueError("kl_coef > 0 needs ref_params (the frozen reference policy)")
   flat, mask, w = rows["tokens"], rows["completion_mask"], rows["weights"]
   smask = mask * rows["sample_mask"][:, None]
-
-  def log_probs(p):
-    logits = model.apply({"params": p}, flat).logits[:, :-1].astype(jnp.float32)
-    return jax.nn.log_softmax(logits / temperature, axis=-1)  # [r, L-1, V]
-
-  logp_all = log_probs(params)
-  logp = jnp.take_along_axis(logp_all, flat[:, 1:, None], axis=-1)[..., 0]
+  constrain = sharding.rows_constraint(mesh, flat.shape[0])
+  if constrain is not None:
+    flat = constrain(flat)
+  vocab = models.base_model(model).config.num_embed
+  if 0 < vocab_chunk < vocab:
+    terms = _token_terms_chunked(model, params, ref_params, flat, temperature=temperature, constrain=constrain,
+                                 chunk=vocab_chunk, mesh=mesh)
+  else:
+    terms = _token_terms_full(model, params, ref_params, flat, temperature=temperature, constrain=constrain)
+  logp, ent_tok, kl_tok, ref_logp = terms
   seq_logp = jnp.sum(mask * logp, axis=-1)  # [r]
   pg_loss = -jnp.sum(w * seq_logp) / norm["prompts"]
 
-  probs = jnp.exp(logp_all)
-  ent_sum = jnp.sum(smask * -jnp.sum(probs * logp_all, axis=-1))
+  ent_sum = jnp.sum(smask * ent_tok)
   ent_seq = ent_sum / norm["samples"]
   loss = pg_loss - entropy_coef * ent_seq
   metrics = {
@@ -145,18 +275,7 @@ def _rows_loss(
       "entropy_seq": ent_seq,
   }
   if ref_params is not None:
-    ref_all = jax.lax.stop_gradient(log_probs(ref_params))
-    # Exact per-prefix KL. Its gradient is sum_v grad(p_v) (log p_v - log ref_v): the other
-    # term, sum_v p_v grad log p_v = grad sum_v p_v, is 0 analytically but float noise
-    # (~1e-7) that Adam would blow up to full steps when the weights are all 0, so the
-    # log-ratio is held fixed (same value, exact gradient). At pi == pi_ref the two forward
-    # passes still differ by float32 round-off (~1e-7 nats, a ~1e-9 gradient that Adam would
-    # also normalise into a real step): log-ratios below _LOG_RATIO_ATOL count as 0.
-    log_ratio = jax.lax.stop_gradient(logp_all - ref_all)
-    log_ratio = jnp.where(jnp.abs(log_ratio) < _LOG_RATIO_ATOL, 0.0, log_ratio)
-    kl_tok = jnp.sum(probs * log_ratio, axis=-1)
     kl_seq = jnp.sum(smask * kl_tok) / norm["samples"]
-    ref_logp = jnp.take_along_axis(ref_all, flat[:, 1:, None], axis=-1)[..., 0]
     log_r = ref_logp - logp
     k3 = jnp.exp(log_r) - log_r - 1.0
     metrics["kl"] = kl_seq
@@ -250,6 +369,7 @@ def make_policy_update(
     temperature: float = 1.0,
     mesh: jax.sharding.Mesh | None = None,
     microbatch_rows: int = 0,
+    vocab_chunk: int = VOCAB_CHUNK,
 ) -> Callable[..., tuple[trainer_lib.TrainState, dict[str, jax.Array]]]:
   """Jitted ``(state, ref_params, batch) -> (state, metrics)``, one optimizer step.
 
@@ -271,6 +391,12 @@ def make_policy_update(
   the rows is fine (the last microbatch is padded); on a mesh, a k that is a
   multiple of the batch shards and divides the rows avoids resharding.
 
+  On a mesh, every activation of the rows stays split over the batch axes
+  (the FSDP weights are gathered instead). A vocabulary larger than
+  ``vocab_chunk`` is log-softmaxed ``vocab_chunk`` entries at a time
+  (`_token_terms_chunked`: the same loss and gradient up to float32
+  summation order, with no float32 [rows, L, V] array); 0 = never chunk.
+
   Example::
 
     update = make_policy_update(model, optimizer, kl_coef=0.05, microbatch_rows=16)
@@ -279,7 +405,8 @@ def make_policy_update(
   if isinstance(microbatch_rows, bool) or not isinstance(microbatch_rows, int) or microbatch_rows < 0:
     raise ValueError(f"microbatch_rows must be an integer >= 0 (0 = one pass), got {microbatch_rows!r}")
   rows_loss = functools.partial(
-      _rows_loss, model, kl_coef=kl_coef, entropy_coef=entropy_coef, temperature=temperature)
+      _rows_loss, model, kl_coef=kl_coef, entropy_coef=entropy_coef, temperature=temperature, mesh=mesh,
+      vocab_chunk=vocab_chunk)
 
   def step(state: trainer_lib.TrainState, ref_params, batch):
     rows = _flat_rows(batch)

@@ -72,6 +72,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from absl import logging
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -456,6 +457,46 @@ def to_host(tree: PyTree) -> PyTree:
 # Sharded jit.
 
 KINDS = ("state", "params", "batch", "groups", "replicated")
+
+
+def rows_constraint(mesh: Mesh | None, rows: int) -> Callable[[jax.Array], jax.Array] | None:
+  """x[rows, ...] -> x constrained to its rows split over `BATCH_AXES` (inside jit).
+
+  None without a mesh, or when the batch axes do not divide `rows`.
+  """
+  if mesh is None or tuple(batch_spec_for((rows,), mesh)) == ():
+    return None
+
+  def constrain(x):
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P(BATCH_AXES, *([None] * (x.ndim - 1)))))
+
+  return constrain
+
+
+def apply_rows_split(model: Any, params: PyTree, tokens: jax.Array,
+                     constrain: Callable[[jax.Array], jax.Array] | None, **kwargs) -> Any:
+  """``model.apply({"params": params}, tokens, **kwargs)``, every activation of the rows split.
+
+  Every array output [rows, ...] of every flax module call inside goes
+  through `constrain` (`rows_constraint`; None: a plain apply). Without it
+  XLA's partitioner may keep each FSDP-sharded weight in place and replicate
+  the activations instead: every device then computes partial sums of ALL
+  the rows' activations (and logits) and all-reduces them
+  (bench/compiled_memory.py found a whole microbatch's float32 logits on
+  every device). With it, each layer's weights are gathered instead.
+  """
+  if constrain is None:
+    return model.apply({"params": params}, tokens, **kwargs)
+  rows = tokens.shape[0]
+
+  def interceptor(next_fun, args, kw, context):
+    del context
+    out = next_fun(*args, **kw)
+    return jax.tree.map(
+        lambda x: constrain(x) if isinstance(x, jax.Array) and x.ndim >= 2 and x.shape[0] == rows else x, out)
+
+  with nn.intercept_methods(interceptor):
+    return model.apply({"params": params}, tokens, **kwargs)
 
 
 def _specs_of(kind: str, tree: PyTree, mesh: Mesh) -> PyTree:

@@ -77,9 +77,17 @@ def test_gemma2_2b_plan_matches_the_gemma_library_and_fsdp_arithmetic(plans):
     # The update holds one microbatch's rows, split fsdp ways, and float32 gradient sums.
     rl = _config(name).rl
     assert 0 < rl.microbatch_rows < rl.prompts_per_step * rl.N_prime and rl.microbatch_rows % fsdp == 0
-    rows = p["per_device_bytes"]["update_logits_f32"] // (4 * c.num_embed)
-    assert rows == rl.microbatch_rows // fsdp * (prompt + rl.max_new_tokens - 1)
+    rows, length = rl.microbatch_rows // fsdp, prompt + rl.max_new_tokens - 1
+    # The logits one vocabulary chunk at a time: 256128 = 16 chunks of 16008.
+    assert per_device["update_logits_f32"] == 4 * rows * length * 16008
     assert per_device["gradient_accumulator_f32"] == 4 * (matrices // fsdp + vectors)
+    # What XLA:CPU keeps (bench/compiled_memory.py): every layer's weights gathered, float32, W and
+    # W^T; every layer's float32 activations of the device's rows; 4 float32 embedding shards.
+    layer = (matrices - c.num_embed * c.embed_dim) // c.num_layers + 4 * c.embed_dim
+    assert per_device["update_gathered_layers_f32"] == 8 * c.num_layers * layer
+    per_token = 3 * c.num_heads * (length + 1) + 5 * c.hidden_dim + 2 * c.embed_dim
+    assert per_device["update_activations_f32"] == 4 * rows * (length + 1) * c.num_layers * per_token
+    assert per_device["update_embedding_grad_f32"] == 4 * 4 * c.num_embed * c.embed_dim // fsdp
   assert plans["math_bon32"]["verifier_num_params"] == matrices + vectors + c.embed_dim + 1
   assert plans["math_pass32"]["verifier_num_params"] == 0
 
@@ -123,7 +131,13 @@ def test_dry_run_cli_prints_the_plan_without_weights_or_workdir():
   assert "tokens int32[16, 16, 512]" in proc.stdout
 
 
-def test_microbatched_update_brings_full_size_configs_under_16_gib_per_device(plans):
+def test_microbatched_update_is_what_the_compiled_update_holds(plans):
+  """One microbatch's rows at a time instead of all; the phase is the sum of its parts.
+
+  bench/compiled_memory.py measured the math_bon32 update at Gemma 2 2B shape on
+  8 simulated devices at 34.95 GiB per device (XLA:CPU, float32 matmuls): the
+  plan must stay within 20 % of it. Not under 16 GB: see BENCHMARKS.md.
+  """
   c = gm.nn.Gemma2_2B.config
   for name in FULL_SIZE:
     config = _config(name)
@@ -133,8 +147,15 @@ def test_microbatched_update_brings_full_size_configs_under_16_gib_per_device(pl
     one_pass = capacity.plan(config)
     fsdp = one_pass["mesh_shape"][1]
     assert one_pass["per_device_bytes"]["update_logits_f32"] == (
-        rl.prompts_per_step * rl.N_prime // fsdp * length * c.num_embed * 4)
+        rl.prompts_per_step * rl.N_prime // fsdp * length * 16008 * 4)
     assert "gradient_accumulator_f32" not in one_pass["per_device_bytes"]
-    assert max(one_pass["phases"].values()) > 30 * capacity.GIB, name
-    # As configured: every phase fits a 16 GB TPU v5e chip.
-    assert max(plans[name]["phases"].values()) < 15 * capacity.GIB, name
+    assert max(one_pass["phases"].values()) > 5 * max(plans[name]["phases"].values()), name
+    p = plans[name]
+    (phase, total), = [(k, v) for k, v in p["phases"].items() if k.startswith("rl update")]
+    parts = phase[len("rl update (resident + "):-1].split(" + ")
+    resident = p["phases"]["resident (params, optimizer, reference, verifier)"]
+    assert total == resident + sum(p["per_device_bytes"][k] for k in parts), name
+  # The compiled program's own state (bench/compiled_memory.py's plan parts: no verifier).
+  pd = plans["math_bon32"]["per_device_bytes"]
+  total = sum(v for k, v in pd.items() if k not in ("verifier_params", "kv_cache_rl"))
+  assert abs(total / capacity.GIB / 34.95 - 1) < 0.2

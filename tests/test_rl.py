@@ -14,6 +14,7 @@ from bon_jax import config_lib
 from bon_jax import defaults
 from bon_jax import models
 from bon_jax import rl
+from bon_jax import sharding
 from bon_jax import tokenizer as tokenizer_lib
 from bon_jax import trainer_lib
 from bon_jax import validation
@@ -335,6 +336,50 @@ def test_microbatched_update_equals_the_one_pass_update(setup):
       assert got[key] == pytest.approx(want[key], rel=1e-5, abs=1e-6), (k, key)
     for key in ("weight_max", "weight_min", "weight_mean", "weight_abs_mean", "completion_tokens"):
       assert got[key] == want[key], (k, key)
+
+
+def test_vocab_chunked_loss_equals_the_full_vocabulary_loss(setup):
+  """`_token_terms_chunked` (chunks that leave a padded last chunk, or divide V) is the same function."""
+  model, params = setup[2], setup[3]
+  v = model.config.num_embed
+  batch = _batch(v, seed=3, b=2, n=3, p=5, t=6)
+  ref = jax.tree.map(lambda x: x + 0.02 * jnp.sign(x), params)
+  rows = rl._flat_rows(batch)
+  norm = rl._normalisers(rows, 2)
+  for r in (None, ref):
+    def loss(p, chunk, r=r):
+      return rl._rows_loss(model, p, r, rows, norm, kl_coef=0.3 if r is not None else 0.0, entropy_coef=0.1,
+                           temperature=0.7, vocab_chunk=chunk)
+    (want, want_m), want_g = jax.value_and_grad(loss, has_aux=True)(params, 0)
+    for chunk in (v // 3 + 1, v // 4 if v % 4 == 0 else v // 2):
+      assert 0 < chunk < v
+      (got, got_m), got_g = jax.value_and_grad(loss, has_aux=True)(params, chunk)
+      assert float(got) == pytest.approx(float(want), rel=1e-5, abs=1e-6)
+      assert got_m.keys() == want_m.keys()
+      for key in want_m:
+        assert float(got_m[key]) == pytest.approx(float(want_m[key]), rel=1e-5, abs=1e-6), (chunk, key)
+      jax.tree.map(lambda a, b: np.testing.assert_allclose(
+          np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5 * float(np.max(np.abs(np.asarray(b))))), got_g, want_g)
+
+
+def test_sharded_vocab_chunked_update_equals_the_plain_update(setup):
+  """On a mesh of this host's devices (1 or many), microbatched, rows constrained, vocabulary chunked."""
+  model, params = setup[2], setup[3]
+  b, n = 2, 8  # 16 rows: microbatches of 8 split over 1, 2, 4 or 8 devices.
+  batch = _batch(model.config.num_embed, seed=5, b=b, n=n, p=6, t=7)
+  batch["sample_mask"] = batch["sample_mask"].at[:, 0].set(0.0)
+  ref = jax.tree.map(lambda x: x + 0.02 * jnp.sign(x), params)
+  opt = optax.sgd(1.0)
+  plain = rl.make_policy_update(model, opt, kl_coef=0.3, entropy_coef=0.1, vocab_chunk=0)
+  want_state, want = plain(_state(params, opt), ref, batch)
+  mesh = sharding.make_mesh((1, -1, 1))
+  chunked = rl.make_policy_update(model, opt, kl_coef=0.3, entropy_coef=0.1, mesh=mesh, microbatch_rows=8,
+                                  vocab_chunk=model.config.num_embed // 3 + 1)
+  got_state, got = chunked(sharding.shard(_state(params, opt), mesh, sharding.state_specs(_state(params, opt), mesh)),
+                           sharding.shard(ref, mesh, sharding.param_specs(ref, mesh)), batch)
+  _updates_close(params, jax.device_get(got_state.params), jax.device_get(want_state.params))
+  for key in want:
+    assert float(got[key]) == pytest.approx(float(want[key]), rel=1e-5, abs=1e-6), key
 
 
 def test_bad_microbatch_rows_is_a_one_line_error(setup):
