@@ -13,6 +13,7 @@ from bon_jax import defaults
 from bon_jax import models
 from bon_jax import trainer_lib
 from bon_jax import verifier
+from bon_jax.tasks import base as task_lib
 from bon_jax.tasks import registry
 
 VOCAB = 64
@@ -269,6 +270,7 @@ def test_min_pooling_trains_to_veto_an_error_anywhere(model):
 def test_noisy_grader_has_the_target_within_prompt_auc_and_is_a_function_of_the_text(target):
   class _Task:  # Right iff the text says so.
     grade = staticmethod(lambda problem, text: text.startswith("right"))
+    grade_batch = staticmethod(lambda problems, texts: task_lib.grade_each(_Task.grade, problems, texts))
     answer_key = staticmethod(lambda problem, text: None)
 
   rng = np.random.default_rng(0)
