@@ -79,9 +79,10 @@ def get_config():
   config.rl.entropy_coef = 0.0
   # Gradient accumulation over 8 of the 512 rows at a time (1 per device of the
   # 8-way mesh, the least): one row's float32 [1535, 256128] log-softmax is
-  # 1.5 GiB, and the update holds a few such arrays at once (~5-7 on XLA:CPU,
-  # bench/microbatch_bench.py): tight on 16 GB TPU v5e chips. On 80 GB H100s
-  # 32 fits too (fewer, larger microbatches). See --dry_run.
+  # 1.5 GiB; the update log-softmaxes it 16k vocabulary entries at a time
+  # (rl.VOCAB_CHUNK). Compiled full fine-tuning of 2B holds ~35 GiB per device
+  # on XLA:CPU (gathered f32 weights + one row's saved activations,
+  # BENCHMARKS.md): it does not fit 16 GB chips yet; 80 GB H100s do. See --dry_run.
   config.rl.microbatch_rows = 8
   config.rl.log_every = 1
   config.rl.checkpoint_every = 25
