@@ -66,6 +66,7 @@ from bon_jax import config_lib
 from bon_jax import input_pipeline
 from bon_jax import models
 from bon_jax import optim
+from bon_jax import rl as rl_lib
 from bon_jax import sharding
 from bon_jax import tokenizer as tokenizer_lib
 from bon_jax import trainer_lib
@@ -246,7 +247,6 @@ def plan(config: ml_collections.ConfigDict, *, num_devices: int | None = None) -
                    f" microbatches (rl.microbatch_rows={micro})")
     else:
       row_shards = n_batch
-    from bon_jax import rl as rl_lib  # pylint: disable=g-import-not-at-top
 
     rows_here = -(-rows // row_shards)
     layer_params = sum(x.size for path, x in jax.tree_util.tree_leaves_with_path(
