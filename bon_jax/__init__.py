@@ -31,7 +31,7 @@ Everything else is in the modules (docs/ARCHITECTURE.md).
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 # Public name -> (module, attribute).
 _API = {
@@ -54,26 +54,6 @@ _API = {
     "load_splits": ("tasks.registry", "load_splits"),
 }
 __all__ = sorted(_API)
-
-if TYPE_CHECKING:  # What the names are, for type checkers and IDEs.
-  from bon_jax.algorithms import REGISTRY as ALGORITHMS
-  from bon_jax.algorithms import weights_fn
-  from bon_jax.bon import best_of_k
-  from bon_jax.bon import maj_at_k
-  from bon_jax.bon import max_at_k
-  from bon_jax.bon import pass_at_k
-  from bon_jax.config_lib import UserError
-  from bon_jax.defaults import base_config
-  from bon_jax.evaluate import format_table
-  from bon_jax.evaluate import sample_and_grade
-  from bon_jax.evaluate import summarize
-  from bon_jax.pipeline import train_and_evaluate
-  from bon_jax.rl import train_rl
-  from bon_jax.sampling import sample
-  from bon_jax.tasks.registry import load_splits
-  from bon_jax.tasks.registry import make_task
-  from bon_jax.train import train_sft
-
 
 def __getattr__(name: str) -> Any:
   if name in _API:
