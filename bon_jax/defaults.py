@@ -185,4 +185,8 @@ def verifier_config() -> ml_collections.ConfigDict:
   c.seed = 0
   c.ks = (1, 2, 4, 8)
   c.prompts_per_batch = 32  # Sampling and scoring chunk (one compiled shape each).
+  # Orbax checkpoints of the training under workdir/verifier/train (0: the last
+  # step only); a rerun resumes from the latest, on the samples saved beside it.
+  c.checkpoint_every = 200
+  c.keep_checkpoints = 2
   return c

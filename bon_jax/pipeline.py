@@ -108,23 +108,31 @@ def _plain(model: Any, params: Any) -> Any:
 
 
 def _verifier_stage(config, workdir, model, base_params, tok, train_set, test_set, task) -> Any:
-  """Trains the verifier once per workdir; a rerun loads it (same config) or refuses."""
+  """Trains the verifier once per workdir; a rerun resumes or loads it (same config) or refuses."""
   out_dir = os.path.join(workdir, "verifier")
   report_path = os.path.join(out_dir, "report.json")
-  want = json.loads(json.dumps({"verifier": config.verifier.to_dict(), "train_steps": config.train.steps}))
+  config_path = os.path.join(out_dir, "config.json")
+  want = _verifier_stage_config(config.to_dict()["verifier"], config.train.steps)
+  refuse = config_lib.UserError(
+      f"{out_dir} holds a verifier trained with another config.verifier or SFT length;"
+      " use a new --workdir or the original settings")
   if os.path.exists(report_path):
     with open(report_path) as f:
       saved = json.load(f)
-    if "verifier" in saved.get("config", {}):
-      # Fields added to config.verifier after the stage ran count at their defaults.
-      current = json.loads(json.dumps(defaults.verifier_config().to_dict()))
-      saved["config"]["verifier"] = {**current, **saved["config"]["verifier"]}
-    if saved.get("config") != want:
-      raise config_lib.UserError(
-          f"{out_dir} holds a verifier trained with another config.verifier or SFT length;"
-          " use a new --workdir or the original settings")
+    saved_cfg = saved.get("config", {})
+    if _verifier_stage_config(saved_cfg.get("verifier"), saved_cfg.get("train_steps")) != want:
+      raise refuse
     print(f"\nLearned verifier: loaded from {out_dir} (held-out AUC {saved['report']['auc']:.3f})")
     return verifier_lib.load_verifier(os.path.join(out_dir, "verifier"), models.base_model(model))
+  if os.path.exists(config_path):  # Stopped part-way: resume only the same stage.
+    with open(config_path) as f:
+      saved = json.load(f)
+    if _verifier_stage_config(saved.get("verifier"), saved.get("train_steps")) != want:
+      raise refuse
+  else:
+    os.makedirs(out_dir, exist_ok=True)
+    with open(config_path, "w") as f:
+      json.dump(want, f, indent=1)
   print(f"\nTraining the verifier ({config.verifier.steps} steps on"
         f" {config.verifier.num_prompts} x {config.verifier.num_samples} SFT samples)")
   t0 = time.perf_counter()
@@ -140,6 +148,20 @@ def _verifier_stage(config, workdir, model, base_params, tok, train_set, test_se
         + ", ".join(f"k={k}: {100 * v:.1f}%" for k, v in zip(ks, report["bo@k"]))
         + " (pass@k " + ", ".join(f"{100 * v:.1f}%" for v in report["pass@k"]) + ")")
   return vparams
+
+
+# config.verifier fields that change how the stage runs, not what it trains.
+_VERIFIER_RUN_ONLY_FIELDS = ("checkpoint_every", "keep_checkpoints")
+
+
+def _verifier_stage_config(verifier: dict[str, Any] | None, train_steps: Any) -> dict[str, Any] | None:
+  """What a verifier stage trained, as saved in its JSON files (fields added later at their defaults)."""
+  if verifier is None:
+    return None
+  current = json.loads(json.dumps(defaults.verifier_config().to_dict()))
+  merged = {**current, **json.loads(json.dumps(verifier))}
+  return {"verifier": {k: v for k, v in merged.items() if k not in _VERIFIER_RUN_ONLY_FIELDS},
+          "train_steps": train_steps}
 
 
 def _evaluate_all(config, workdir, model, params, tok, test_set, step, verifier, task) -> dict[str, Any]:

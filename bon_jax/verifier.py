@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import os
 from collections.abc import Sequence
 from typing import Any, Protocol
@@ -298,8 +299,17 @@ def train_verifier(
     step_weight: float = 0.0,
     step_labels: np.ndarray | None = None,
     step_mask: np.ndarray | None = None,
+    workdir: str | None = None,
+    checkpoint_every: int = 0,
+    keep_checkpoints: int = 2,
 ) -> tuple[Params, list[dict[str, float]]]:
   """BCE (+ within-prompt ranking) training; minibatches are a function of (seed, step).
+
+  With a `workdir` it runs like every other stage (`trainer_lib.train_loop`):
+  Orbax checkpoints every `checkpoint_every` steps (0: only the last) under
+  ``workdir/checkpoints``, metrics in ``workdir/metrics.jsonl`` and
+  TensorBoard, and a rerun resumes from the latest checkpoint. Without one it
+  trains in memory.
 
   Args:
     model: the backbone `Transformer`.
@@ -316,10 +326,11 @@ def train_verifier(
     seed: minibatch order.
     step_weight, step_labels, step_mask: process supervision (see
       `make_verifier_step`); labels and mask shaped like `tokens`.
+    workdir, checkpoint_every, keep_checkpoints: see above.
 
   Returns:
-    The trained params and per-step metrics (loss, bce, rank, step_bce,
-    accuracy, grad_norm).
+    The trained params and the metrics of the steps this call ran (loss, bce,
+    rank, step_bce, accuracy, grad_norm).
   """
   tokens, labels = np.asarray(tokens, np.int32), np.asarray(labels, np.float32)
   if tokens.ndim not in (2, 3) or labels.shape != tokens.shape[:-1]:
@@ -350,8 +361,13 @@ def train_verifier(
     return update(state, {"tokens": tokens[idx], "labels": labels[idx],
                           **{k: v[idx] for k, v in steps_data.items()}})
 
-  # In memory (the stage saves the trained params): no checkpoints, no metric files.
-  state, history = trainer_lib.train_loop(state, step_fn=step_fn, steps=steps, workdir=None, mngr=None,
+  mngr = None
+  if workdir is not None:
+    mngr = trainer_lib.checkpoint_manager(workdir, ml_collections.ConfigDict(dict(
+        checkpoint_every=checkpoint_every if checkpoint_every > 0 else max(steps, 1),
+        keep_checkpoints=keep_checkpoints)))
+    state = trainer_lib.restore_or_init(mngr, state)
+  state, history = trainer_lib.train_loop(state, step_fn=step_fn, steps=steps, workdir=workdir, mngr=mngr,
                                           log_every=1, desc="verifier",
                                           log_fn=lambda m, s, r: dict(loss=f"{m['loss']:.3f}"))
   return state.params, [{k: v for k, v in h.items() if k != "step"} for h in history]
@@ -733,19 +749,27 @@ def run_verifier_stage(
                  max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                  prompts_per_batch=cfg.prompts_per_batch)
   step_weight = float(cfg.get("step_weight", 0.0))
-  train_data = make_verifier_data(model, policy_params, problems=train_problems[: cfg.num_prompts],
-                                  rng=jax.random.fold_in(key, 0), with_steps=bool(step_weight), **data_kw)
-  held = make_verifier_data(model, policy_params, problems=test_problems[: cfg.holdout_prompts],
-                            rng=jax.random.fold_in(key, 1), **data_kw)
+  data_path = None if out_dir is None else os.path.join(out_dir, "data.npz")
+  if data_path is not None and os.path.exists(data_path):
+    # A resumed stage trains and evaluates on the samples it drew before it stopped.
+    train_data, held = _load_data(data_path)
+  else:
+    train_data = make_verifier_data(model, policy_params, problems=train_problems[: cfg.num_prompts],
+                                    rng=jax.random.fold_in(key, 0), with_steps=bool(step_weight), **data_kw)
+    held = make_verifier_data(model, policy_params, problems=test_problems[: cfg.holdout_prompts],
+                              rng=jax.random.fold_in(key, 1), **data_kw)
+    if synthetic:  # Task-made groups from the training prompts after the sampled ones.
+      train_data = concat_groups(train_data, task_made_data(
+          tokenizer=tokenizer, task=task, problems=train_problems[cfg.num_prompts : cfg.num_prompts + synthetic],
+          num_samples=cfg.num_samples, max_new_tokens=cfg.max_new_tokens,
+          rng=np.random.default_rng([cfg.seed, 3]), with_steps=bool(step_weight)))
+    if data_path is not None:
+      _save_data(data_path, train_data, held)
   params = init_verifier(model, jax.random.fold_in(key, 2),
                          backbone=policy_params if cfg.init == "policy" else None)
   rank_weight = float(cfg.rank_weight)
   pooling = cfg.pooling
-  if synthetic:  # Task-made groups from the training prompts after the sampled ones.
-    train_data = concat_groups(train_data, task_made_data(
-        tokenizer=tokenizer, task=task, problems=train_problems[cfg.num_prompts : cfg.num_prompts + synthetic],
-        num_samples=cfg.num_samples, max_new_tokens=cfg.max_new_tokens,
-        rng=np.random.default_rng([cfg.seed, 3]), with_steps=bool(step_weight)))
+  train_dir = None if out_dir is None else os.path.join(out_dir, "train")
   tokens, labels = train_data["tokens"], train_data["labels"]
   step_labels, step_mask = train_data.get("step_labels"), train_data.get("step_mask")
   if not rank_weight:  # BCE alone: independent sequences make more varied minibatches.
@@ -757,13 +781,42 @@ def run_verifier_stage(
       steps=cfg.steps, batch_size=cfg.batch_size, learning_rate=cfg.learning_rate,
       weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps, rank_weight=rank_weight,
       pooling=pooling, seed=cfg.seed, step_weight=step_weight, step_labels=step_labels,
-      step_mask=step_mask)
+      step_mask=step_mask, workdir=train_dir, checkpoint_every=cfg.checkpoint_every,
+      keep_checkpoints=cfg.keep_checkpoints)
   report = evaluate_verifier(model, params, held, ks=ks, batch_size=cfg.prompts_per_batch, pooling=pooling)
   report["label_mean"] = float(train_data["labels"][: cfg.num_prompts].mean())
-  report["final_loss"] = history[-1]["loss"] if history else float("nan")
+  if history:
+    report["final_loss"] = history[-1]["loss"]
+  else:  # Nothing left to run (a rerun after the last checkpoint): the logged last step.
+    report["final_loss"] = _last_logged(train_dir, "loss") if cfg.steps else float("nan")
   if out_dir is not None:
     save_verifier(os.path.join(out_dir, "verifier"), params)
   return params, report
+
+
+def _save_data(path: str, train: dict[str, np.ndarray], held: dict[str, np.ndarray]) -> None:
+  """Both data sets in one .npz, written whole or not at all (a stop mid-write leaves none)."""
+  arrays = {f"train/{k}": v for k, v in train.items()} | {f"held/{k}": v for k, v in held.items()}
+  tmp = path + ".tmp.npz"
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  np.savez(tmp, **arrays)
+  os.replace(tmp, path)
+
+
+def _load_data(path: str) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+  with np.load(path) as f:
+    split = lambda prefix: {k[len(prefix):]: f[k] for k in f.files if k.startswith(prefix)}
+    return split("train/"), split("held/")
+
+
+def _last_logged(workdir: str | None, key: str) -> float:
+  """`key` of the last line of ``workdir/metrics.jsonl`` (NaN when there is none)."""
+  path = os.path.join(workdir or "", "metrics.jsonl")
+  if not workdir or not os.path.exists(path):
+    return float("nan")
+  with open(path) as f:
+    lines = [line for line in f if line.strip()]
+  return float(json.loads(lines[-1]).get(key, "nan")) if lines else float("nan")
 
 
 def save_verifier(path: str, params: Params) -> None:

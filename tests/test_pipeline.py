@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -100,6 +101,21 @@ def test_rerun_resumes_every_stage_without_rewriting(pipeline_run):
   new = [os.path.join(r, f) for r, _, fs in os.walk(wd) for f in fs
          if f.endswith((".json", ".png", ".md")) and os.path.join(r, f) not in before]
   assert after == before and not new, new
+
+
+def test_partly_trained_verifier_resumes_only_with_its_own_settings(pipeline_run, tmp_path):
+  wd = str(tmp_path / "wd")
+  shutil.copytree(pipeline_run[0], wd)
+  os.remove(os.path.join(wd, "verifier", "report.json"))  # As if stopped before the stage finished.
+  c = _pipeline_config()
+  c.verifier.learning_rate = 0.5
+  with pytest.raises(config_lib.UserError, match="another config.verifier"):
+    pipeline.train_and_evaluate(c, wd)
+  c = _pipeline_config()
+  c.verifier.checkpoint_every = 1  # How often it saves, not what it trains: resumes.
+  again = pipeline.train_and_evaluate(c, wd)
+  assert {k: v["overall"] for k, v in again.items()} == {k: v["overall"] for k, v in pipeline_run[1].items()}
+  assert os.path.exists(os.path.join(wd, "verifier", "report.json"))
 
 
 def test_another_extra_temperature_evaluates_only_that_temperature(pipeline_run):

@@ -1,6 +1,7 @@
 """The learned verifier: AUC, padding invariance, BCE training, token packing."""
 
 import itertools
+import json
 
 import jax
 import jax.numpy as jnp
@@ -216,6 +217,49 @@ def test_verifier_stage_trains_on_graded_policy_samples_and_saves(tmp_path):
     cfg.holdout_prompts = 3
     verifier.run_verifier_stage(cfg, model=model, policy_params=policy, tokenizer=tok, task=registry.COUNTDOWN,
                                 train_problems=train_set, test_problems=test_set)
+
+
+def test_verifier_stage_stopped_mid_training_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch):
+  from bon_jax import tokenizer as tokenizer_lib
+  from bon_jax.tasks import countdown
+  tok = tokenizer_lib.task_tokenizer()
+  train_set, test_set = countdown.make_splits(seed=0, num_train=8, num_test=2, solution_format="steps")
+  model = models.make_model(preset="micro", vocab_size=tok.vocab_size)
+  policy = verifier.init_verifier(model, jax.random.key(4))["backbone"]
+  cfg = defaults.verifier_config()
+  # Task-made groups give both labels; process labels exercise every saved array.
+  cfg.update(dict(num_prompts=4, synthetic_prompts=4, holdout_prompts=2, num_samples=2, max_new_tokens=40,
+                  steps=4, checkpoint_every=2, warmup_steps=0, batch_size=4, ks=(1, 2), prompts_per_batch=2,
+                  pooling="min", step_weight=1.0))
+  run = lambda out: verifier.run_verifier_stage(
+      cfg, model=model, policy_params=policy, tokenizer=tok, task=registry.COUNTDOWN,
+      train_problems=train_set, test_problems=test_set, out_dir=str(out))
+  full_params, full_report = run(tmp_path / "full")
+
+  real_step = verifier.make_verifier_step
+
+  def preempted_at_step_3(*args, **kwargs):
+    update, calls = real_step(*args, **kwargs), []
+    def step(state, batch):
+      calls.append(1)
+      if len(calls) == 3:
+        raise KeyboardInterrupt("preempted")
+      return update(state, batch)
+    return step
+
+  monkeypatch.setattr(verifier, "make_verifier_step", preempted_at_step_3)
+  with pytest.raises(KeyboardInterrupt):
+    run(tmp_path / "cut")
+  monkeypatch.setattr(verifier, "make_verifier_step", real_step)
+  assert trainer_lib.checkpoint_manager(str(tmp_path / "cut" / "train"), cfg).latest_step() == 2
+  # The rerun trains on the saved samples: drawing new ones would be a different stage.
+  monkeypatch.setattr(verifier, "make_verifier_data", lambda *a, **k: pytest.fail("samples drawn again"))
+  cut_params, cut_report = run(tmp_path / "cut")
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), full_params, cut_params)
+  same = lambda r: json.dumps(r, sort_keys=True)  # NaN AUCs (a random policy's held-out samples) compare equal.
+  assert same(cut_report) == same(full_report) and np.isfinite(full_report["final_loss"])
+  logged = [json.loads(line)["step"] for line in open(tmp_path / "cut" / "train" / "metrics.jsonl")]
+  assert logged == [1, 2, 3, 4]
 
 
 def test_min_pooling_is_a_soft_minimum_of_the_per_token_head_over_real_tokens(model):
