@@ -9,14 +9,17 @@ sees exactly the batches an uninterrupted run would.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from bon_jax import models
 
+if TYPE_CHECKING:  # Shape annotations only (kauldron.typing imports TensorFlow).
+  from kauldron.typing import Int  # pylint: disable=g-multiple-import
 
-def encode_prompts(tokenizer: Any, prompts: Sequence[str], length: int | None = None) -> np.ndarray:
+
+def encode_prompts(tokenizer: Any, prompts: Sequence[str], length: int | None = None) -> Int["B P"]:
   """int32[B, P]: `[BOS] prompt`, right-padded to `length` (default: longest)."""
   rows = [[models.BOS_ID, *tokenizer.encode(p)] for p in prompts]
   length = length or max(len(r) for r in rows)

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
@@ -50,6 +50,9 @@ from orbax import checkpoint as ocp
 
 from bon_jax import gemma_internals
 from bon_jax import sharding
+
+if TYPE_CHECKING:  # Shape annotations only (kauldron.typing imports TensorFlow).
+  from kauldron.typing import Float, Int  # pylint: disable=g-multiple-import
 
 Params = Any
 
@@ -490,10 +493,10 @@ def _first_line(e: BaseException) -> str:
 def token_logprobs(
     model: gm.nn.Transformer,
     params: Params,
-    tokens: jax.Array,
+    tokens: Int["B L"],
     *,
     temperature: float = 1.0,
-) -> jax.Array:
+) -> Float["B L-1"]:
   """Teacher-forced log-probabilities of `tokens[:, 1:]` given their prefix.
 
   Args:

@@ -40,7 +40,7 @@ import hashlib
 import json
 import os
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import flax.linen as nn
 import jax
@@ -61,6 +61,9 @@ from bon_jax.tasks import base as task_lib
 
 Params = Any
 
+if TYPE_CHECKING:  # Shape annotations only (kauldron.typing imports TensorFlow).
+  from kauldron.typing import Float, Int, Num  # pylint: disable=g-multiple-import
+
 
 class Verifier(Protocol):
   """Scores N completions of each of B problems; float[B, N], higher = better."""
@@ -79,7 +82,7 @@ class Verifier(Protocol):
 
 
 @jax.jit
-def join_prompt_completion(prompts: jax.Array, completions: jax.Array) -> tuple[jax.Array, jax.Array]:
+def join_prompt_completion(prompts: Int["*B Lp"], completions: Int["*B T"]) -> tuple[Int["*B L"], Int["*B"]]:
   """Packs right-padded prompts and completions into one right-padded sequence.
 
   Gemma derives positions from ``tokens != PAD``, so the completion must follow
@@ -146,8 +149,8 @@ def init_verifier(model: Any, rng: jax.Array, *, backbone: Params | None = None)
   return {"backbone": backbone, "head": head}
 
 
-def score(model: Any, params: Params, tokens: jax.Array, *, pooling: str = "last",
-          mesh: jax.sharding.Mesh | None = None) -> jax.Array:
+def score(model: Any, params: Params, tokens: Int["*B L"], *, pooling: str = "last",
+          mesh: jax.sharding.Mesh | None = None) -> Float["*B"]:
   """Verifier logits of full sequences.
 
   Args:
@@ -184,7 +187,7 @@ def score(model: Any, params: Params, tokens: jax.Array, *, pooling: str = "last
   return logits.reshape(lead)
 
 
-def token_logits(model: Any, params: Params, tokens: jax.Array) -> jax.Array:
+def token_logits(model: Any, params: Params, tokens: Int["*B L"]) -> Float["*B L"]:
   """float32[..., L]: the head at every position (position t has read tokens <= t)."""
   tokens = jnp.asarray(tokens)
   length = tokens.shape[-1]
@@ -194,7 +197,7 @@ def token_logits(model: Any, params: Params, tokens: jax.Array) -> jax.Array:
   return logits.reshape(tokens.shape)
 
 
-def pool_min(tokens: jax.Array, logits: jax.Array) -> jax.Array:
+def pool_min(tokens: Int["*B L"], logits: Float["*B L"]) -> Float["*B"]:
   """Soft minimum ``-logsumexp(-logits)`` over the real (non-PAD) positions: float32[...]."""
   neg = jnp.where(tokens != models.PAD_ID, -logits, -jnp.inf)
   return -jax.nn.logsumexp(neg, axis=-1)
@@ -205,12 +208,12 @@ def _sharded_score(model: Any, mesh: jax.sharding.Mesh, kind: str, pooling: str 
   return sharding.jit_sharded(functools.partial(score, model, pooling=pooling), mesh, ("params", kind), kind)
 
 
-def bce_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
+def bce_loss(logits: Float["*B"], labels: Num["*B"]) -> Float[""]:
   """Mean binary cross-entropy of logits against 0/1 labels (float32[])."""
   return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, jnp.asarray(labels, jnp.float32)))
 
 
-def pairwise_ranking_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
+def pairwise_ranking_loss(logits: Float["*B n"], labels: Num["*B n"]) -> Float[""]:
   """Within-prompt Bradley-Terry loss: mean of softplus(s_wrong - s_right) over pairs.
 
   BCE alone can be minimised by scoring how easy a prompt is; Best-of-N only
@@ -235,7 +238,7 @@ def pairwise_ranking_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
   return total / jnp.maximum(jnp.sum(pair), 1)
 
 
-def step_bce_loss(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> jax.Array:
+def step_bce_loss(logits: Float["*B L"], labels: Num["*B L"], mask: Num["*B L"]) -> Float[""]:
   """BCE of per-position logits against process labels where `mask` is 1 (float32[]; 0 if none)."""
   mask = jnp.asarray(mask, jnp.float32)
   bce = optax.sigmoid_binary_cross_entropy(logits, jnp.asarray(labels, jnp.float32))
@@ -569,8 +572,8 @@ def decode_completions(tokenizer: Any, completions: np.ndarray) -> list[list[str
   return [[tokenizer.decode(row.tolist()) for row in group] for group in completions]
 
 
-def score_batched(model: Any, params: Params, tokens: np.ndarray, batch_size: int = 64, *,
-                  pooling: str = "last") -> np.ndarray:
+def score_batched(model: Any, params: Params, tokens: Int["*B L"], batch_size: int = 64, *,
+                  pooling: str = "last") -> Float["*B"]:
   """`score` over int[..., L] in fixed-size chunks (one compiled shape); float32[...]."""
   tokens = np.asarray(tokens, np.int32)
   flat = tokens.reshape(-1, tokens.shape[-1])
