@@ -37,6 +37,7 @@ import numpy as np
 from bon_jax import bon
 from bon_jax import input_pipeline
 from bon_jax import sampling
+from bon_jax import sharding
 from bon_jax.tasks import base as task_lib
 
 CURVES = ("pass@k", "bo@k", "bo@k_logprob", "maj@k")
@@ -65,6 +66,7 @@ def sample_and_grade(
     rng: jax.Array,
     verifier: Any = None,
     keep_texts: bool = False,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> dict[str, np.ndarray]:
   """Samples `cfg.num_samples` completions per problem and grades them.
 
@@ -74,6 +76,10 @@ def sample_and_grade(
   `verifier_score` when `verifier` (a `bon_jax.verifier.Verifier`) is given,
   and `texts` (the decoded completions, a list of lists) with `keep_texts`,
   e.g. to score the same samples with other verifiers.
+
+  With a `bon_jax.sharding` mesh the sampler runs on it, each batch split over
+  its batch axes (``cfg.prompts_per_batch`` x ``cfg.num_samples`` rows); the
+  samples come back to every host for grading.
   """
   n = cfg.num_samples
   prompts_all = [task.prompt_text(p) for p in problems]
@@ -84,21 +90,21 @@ def sample_and_grade(
     prompts = prompts_all[start : start + cfg.prompts_per_batch]
     # Pad the last chunk to the full batch so every call hits the same compiled shape.
     pad = cfg.prompts_per_batch - len(chunk)
-    tokens = input_pipeline.encode_prompts(tokenizer, prompts + prompts[:1] * pad, prompt_len)
+    tokens = input_pipeline.device_prompts(tokenizer, prompts + prompts[:1] * pad, prompt_len, mesh)
     out = sampling.sample(
         model,
         params,
-        jnp.asarray(tokens),
+        tokens,
         jax.random.fold_in(rng, start),
         num_samples=n,
         max_new_tokens=cfg.max_new_tokens,
         temperature=cfg.temperature,
         top_k=cfg.top_k or None,
         top_p=cfg.top_p if cfg.top_p < 1 else None,
+        mesh=mesh,
     )
-    toks = np.asarray(out.tokens)[: len(chunk)]
-    lens = np.asarray(out.lengths)[: len(chunk)]
-    lp = np.asarray(out.logprobs_t1)[: len(chunk)].sum(-1) / np.maximum(lens, 1)
+    toks, lens, lp = (x[: len(chunk)] for x in sharding.to_host((out.tokens, out.lengths, out.logprobs_t1)))
+    lp = lp.sum(-1) / np.maximum(lens, 1)
     texts = [[tokenizer.decode(toks[b, i, : lens[b, i]].tolist()) for i in range(n)]
              for b in range(len(chunk))]
     chunk_c, chunk_a = task_lib.grade_completions(task, chunk, texts)  # The chunk's samples together.

@@ -11,9 +11,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from bon_jax import models
+from bon_jax import sharding
 
 if TYPE_CHECKING:  # Shape annotations only (kauldron.typing imports TensorFlow).
   from kauldron.typing import Int  # pylint: disable=g-multiple-import
@@ -29,6 +32,24 @@ def encode_prompts(tokenizer: Any, prompts: Sequence[str], length: int | None = 
   for i, r in enumerate(rows):
     out[i, : len(r)] = r
   return out
+
+
+def device_prompts(tokenizer: Any, prompts: Sequence[str], length: int | None = None,
+                   mesh: jax.sharding.Mesh | None = None) -> Int["B P"]:
+  """`encode_prompts` as one device array: on `mesh`, split over its batch axes.
+
+  On a mesh every process encodes only the rows its devices hold
+  (`sharding.process_rows`) and the global array is assembled from them, so a
+  multi-host run never moves a whole batch through one host. Every process
+  pads to the same `length` (default: the longest prompt of the batch).
+  """
+  if mesh is None:
+    return jnp.asarray(encode_prompts(tokenizer, prompts, length))
+  if length is None:
+    length = int(encode_prompts(tokenizer, prompts).shape[1])
+  rows = sharding.process_rows(mesh, len(prompts))
+  local = encode_prompts(tokenizer, list(prompts)[rows], length)
+  return sharding.global_batch(local, mesh, len(prompts))
 
 
 def encode_sft(

@@ -45,6 +45,7 @@ from bon_jax import evaluate
 from bon_jax import experiment
 from bon_jax import models
 from bon_jax import rl
+from bon_jax import sharding
 from bon_jax import train
 from bon_jax import validation
 from bon_jax import verifier as verifier_lib
@@ -74,17 +75,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   task = experiment.make_task(config)
   train_set, test_set = experiment.make_task_splits(config.task, os.path.join(workdir, experiment.TFDS_DIR))
   model = experiment.make_policy(config, tok)
+  # One mesh for the run (None on one device): SFT and RL build the same one from
+  # the config; the verifier's and every evaluation's sampling run on it.
+  mesh = sharding.mesh_for_run(config)
   state = train.train_sft(config, workdir, model=model, tokenizer=tok, train_set=train_set, task=task)
   base_params, final = state.params, config.train.steps
   del state
 
   learned = None
   if config.verifier.steps > 0:
-    vparams = _verifier_stage(config, workdir, model, base_params, tok, train_set, test_set, task)
+    vparams = _verifier_stage(config, workdir, model, base_params, tok, train_set, test_set, task, mesh)
     learned = verifier_lib.learned_verifier(models.base_model(model), vparams, tokenizer=tok, task=task,
                                             pooling=config.verifier.pooling)
 
-  results = {BASE: _evaluate_all(config, workdir, model, base_params, tok, test_set, final, learned, task)}
+  results = {BASE: _evaluate_all(config, workdir, model, base_params, tok, test_set, final, learned, task, mesh)}
   for name in config.algorithms:
     stage = config_lib.stage_config(config, name)
     stage_dir = os.path.join(workdir, "rl", name)
@@ -95,7 +99,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     rl_state, _ = rl.train_rl(stage, stage_dir, init_params=base_params, problems=train_set,
                               task=task, verifier=sel)
     results[name] = _evaluate_all(config, stage_dir, model, rl_state.params, tok, test_set,
-                                  stage.rl.steps, learned, task)
+                                  stage.rl.steps, learned, task, mesh)
     del rl_state
   if config.algorithms:
     compare.write_comparison(results, workdir, temperature=config.eval.temperature)
@@ -107,7 +111,7 @@ def _plain(model: Any, params: Any) -> Any:
   return models.merge_lora(model, params) if models.is_lora(model) else params
 
 
-def _verifier_stage(config, workdir, model, base_params, tok, train_set, test_set, task) -> Any:
+def _verifier_stage(config, workdir, model, base_params, tok, train_set, test_set, task, mesh) -> Any:
   """Trains the verifier once per workdir; a rerun resumes or loads it (same config) or refuses."""
   out_dir = os.path.join(workdir, "verifier")
   report_path = os.path.join(out_dir, "report.json")
@@ -139,7 +143,7 @@ def _verifier_stage(config, workdir, model, base_params, tok, train_set, test_se
   vparams, report = verifier_lib.run_verifier_stage(
       config.verifier, model=models.base_model(model), policy_params=_plain(model, base_params),
       tokenizer=tok, task=task,
-      train_problems=train_set, test_problems=test_set, out_dir=out_dir)
+      train_problems=train_set, test_problems=test_set, out_dir=out_dir, mesh=mesh)
   report["seconds"] = time.perf_counter() - t0
   with open(report_path, "w") as f:
     json.dump({"config": want, "report": report}, f, indent=1)
@@ -164,13 +168,14 @@ def _verifier_stage_config(verifier: dict[str, Any] | None, train_steps: Any) ->
           "train_steps": train_steps}
 
 
-def _evaluate_all(config, workdir, model, params, tok, test_set, step, verifier, task) -> dict[str, Any]:
+def _evaluate_all(config, workdir, model, params, tok, test_set, step, verifier, task, mesh) -> dict[str, Any]:
   """`_evaluate_once` at eval.temperature and at each extra temperature."""
-  results = _evaluate_once(config, workdir, model, params, tok, test_set, step, verifier, task=task)
+  results = _evaluate_once(config, workdir, model, params, tok, test_set, step, verifier, task=task, mesh=mesh)
   for t in config.eval.extra_temperatures:
     cfg = ml_collections.ConfigDict(config.to_dict())
     cfg.eval.temperature = float(t)
-    _evaluate_once(cfg, workdir, model, params, tok, test_set, step, verifier, task=task, suffix=f"_T{t:g}")
+    _evaluate_once(cfg, workdir, model, params, tok, test_set, step, verifier, task=task, mesh=mesh,
+                   suffix=f"_T{t:g}")
   return results
 
 
@@ -199,7 +204,7 @@ def _saved_evaluation(out_dir: str, name: str, eval_cfg: ml_collections.ConfigDi
 
 
 def _evaluate_once(config, workdir, model, params, tok, test_set, step, verifier=None, *,
-                   task: Any, suffix: str = "") -> dict[str, Any]:
+                   task: Any, mesh: Any = None, suffix: str = "") -> dict[str, Any]:
   """Evaluates at `step` unless an `eval/step_<step><suffix>[_<time>].json` has this eval config."""
   out_dir = os.path.join(workdir, "eval")
   name = f"step_{step}{suffix}"
@@ -221,6 +226,7 @@ def _evaluate_once(config, workdir, model, params, tok, test_set, step, verifier
       # The same key for every policy and stage: paired comparisons on common samples.
       rng=jax.random.fold_in(jax.random.key(config.seed), 0xE7A1),
       verifier=verifier,
+      mesh=mesh,
   )
   results = evaluate.summarize(graded, problems)
   results["eval_config"] = config.eval.to_dict()

@@ -514,11 +514,7 @@ def rl_step(
   t0 = time.perf_counter()
   reward_fn = reward_fn or verifier_lib.grader_verifier(task)
   n_prime = cfg.N_prime
-  if mesh is None:
-    prompts = jnp.asarray(
-        input_pipeline.encode_prompts(tokenizer, [task.prompt_text(p) for p in problems], prompt_len))
-  else:
-    prompts = _sharded_prompts(tokenizer, [task.prompt_text(p) for p in problems], prompt_len, mesh)
+  prompts = input_pipeline.device_prompts(tokenizer, [task.prompt_text(p) for p in problems], prompt_len, mesh)
   samples = sampling.sample(model, state.params, prompts, rng, num_samples=n_prime, mesh=mesh,
                             max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature)
   comp = sharding.to_host(samples.tokens)  # [B, N', T], whole groups on every host
@@ -577,16 +573,6 @@ def _optimizer_config(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDi
   return ml_collections.ConfigDict(dict(
       learning_rate=cfg.learning_rate, warmup_steps=cfg.warmup_steps, steps=cfg.steps,
       grad_clip_norm=cfg.grad_clip_norm, weight_decay=cfg.weight_decay))
-
-
-def _sharded_prompts(tokenizer: Any, texts: Sequence[str], prompt_len: int | None,
-                     mesh: jax.sharding.Mesh) -> jax.Array:
-  """int32[B, P] prompts on `mesh`; each process encodes only its own rows."""
-  if prompt_len is None:  # Every process must pad to the same length.
-    prompt_len = int(input_pipeline.encode_prompts(tokenizer, texts).shape[1])
-  rows = sharding.process_rows(mesh, len(texts))
-  local = input_pipeline.encode_prompts(tokenizer, texts[rows], prompt_len)
-  return sharding.global_batch(local, mesh, len(texts))
 
 
 @functools.lru_cache(maxsize=4)

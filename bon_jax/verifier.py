@@ -429,8 +429,12 @@ def make_verifier_data(
     temperature: float = 1.0,
     prompts_per_batch: int = 32,
     with_steps: bool = False,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> dict[str, np.ndarray]:
   """Samples `num_samples` completions per problem from the policy and grades them.
+
+  With a `bon_jax.sharding` mesh the sampler runs on it (as in
+  `bon_jax.evaluate.sample_and_grade`).
 
   Returns:
     tokens: int32[P, N, L] ``[BOS] prompt completion`` (L = prompt length +
@@ -451,9 +455,10 @@ def make_verifier_data(
     texts = prompts_all[start : start + prompts_per_batch]
     pad = prompts_per_batch - len(chunk)  # One compiled shape for every chunk.
     prompts = input_pipeline.encode_prompts(tokenizer, texts + texts[:1] * pad, plen)
-    s = sampling.sample(model, policy_params, jnp.asarray(prompts), jax.random.fold_in(rng, start),
-                        num_samples=num_samples, max_new_tokens=max_new_tokens, temperature=temperature)
-    comp = np.asarray(s.tokens)[: len(chunk)]
+    on_devices = input_pipeline.device_prompts(tokenizer, texts + texts[:1] * pad, plen, mesh)
+    s = sampling.sample(model, policy_params, on_devices, jax.random.fold_in(rng, start), num_samples=num_samples,
+                        max_new_tokens=max_new_tokens, temperature=temperature, mesh=mesh)
+    comp = sharding.to_host(s.tokens)[: len(chunk)]
     tokens, _ = join_prompt_completion(jnp.asarray(prompts[: len(chunk)]), jnp.asarray(comp))
     decoded = decode_completions(tokenizer, comp)
     labels, answers = task_lib.grade_completions(task, chunk, decoded)
@@ -718,6 +723,7 @@ def run_verifier_stage(
     train_problems: Sequence[Any],
     test_problems: Sequence[Any],
     out_dir: str | None = None,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> tuple[Params, dict[str, Any]]:
   """The verifier stage: sample and grade, train (BCE + ranking), evaluate, save.
 
@@ -732,6 +738,8 @@ def run_verifier_stage(
     out_dir: if set, the params are saved to ``out_dir/verifier`` (reload
       with `load_verifier`; `bon_jax.rl` takes that path as
       ``config.rl.verifier_ckpt``).
+    mesh: the run's mesh: the policy samples on it (training and scoring run
+      on one device per process).
 
   Returns:
     The trained params and a report: held-out ``auc``, ``bo@k``, ``pass@k``
@@ -750,7 +758,7 @@ def run_verifier_stage(
   key = jax.random.key(cfg.seed)
   data_kw = dict(tokenizer=tokenizer, task=task, num_samples=cfg.num_samples,
                  max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                 prompts_per_batch=cfg.prompts_per_batch)
+                 prompts_per_batch=cfg.prompts_per_batch, mesh=mesh)
   step_weight = float(cfg.get("step_weight", 0.0))
   data_path = None if out_dir is None else os.path.join(out_dir, "data.npz")
   if data_path is not None and os.path.exists(data_path):

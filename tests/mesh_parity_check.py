@@ -19,13 +19,18 @@ import optax
 import orbax.checkpoint as ocp
 from jax.sharding import PartitionSpec as P
 
+from bon_jax import defaults
+from bon_jax import evaluate
 from bon_jax import models
 from bon_jax import rl
 from bon_jax import sampling
 from bon_jax import sharding
 from bon_jax import train
 from bon_jax import trainer_lib
+from bon_jax import tokenizer as tokenizer_lib
 from bon_jax import verifier
+from bon_jax.tasks import countdown
+from bon_jax.tasks import registry
 
 MESHES = ((8, 1, 1), (2, 4, 1), (2, 2, 2))
 B, N, T, L = 4, 8, 6, 12  # prompts, samples per prompt, new tokens, sequence length
@@ -149,6 +154,37 @@ def main(ckpt_dir: str) -> None:
     print(f"mesh {shape}: sampler, verifier, policy update, SFT step match one device;"
           f" {device_bytes(pg_state)} bytes of state per device"
           f" ({time.perf_counter() - t0:.1f}s)", flush=True)
+
+  # The pipeline's evaluation and verifier data sample on the run's mesh: the same graded samples.
+  t0 = time.perf_counter()
+  tok = tokenizer_lib.task_tokenizer()
+  task_model = models.make_model(preset="micro", vocab_size=tok.vocab_size)
+  task_params = host(models.init_params(task_model, jax.random.key(5)))
+  _, problems = countdown.make_splits(seed=0, num_train=4, num_test=6)  # Two batches, the last one padded.
+  eval_cfg = defaults.base_config().eval
+  eval_cfg.update(dict(num_samples=4, max_new_tokens=6, prompts_per_batch=4))
+
+  def graded_on(mesh):
+    p = task_params if mesh is None else sharding.shard(task_params, mesh, sharding.param_specs(task_params, mesh))
+    graded = evaluate.sample_and_grade(model=task_model, params=p, tokenizer=tok, problems=problems,
+                                       task=registry.COUNTDOWN, cfg=eval_cfg, rng=jax.random.key(6),
+                                       keep_texts=True, mesh=mesh)
+    data = verifier.make_verifier_data(task_model, p, tokenizer=tok, problems=problems, task=registry.COUNTDOWN,
+                                       num_samples=4, max_new_tokens=6, rng=jax.random.key(7),
+                                       prompts_per_batch=4, mesh=mesh)
+    return graded, data
+
+  ref_graded, ref_data = graded_on(None)
+  for shape in ((8, 1, 1), (2, 2, 2)):
+    graded, data = graded_on(sharding.make_mesh(shape))
+    assert graded["texts"] == ref_graded["texts"], f"{shape} evaluation samples"
+    for k in ("correct", "answer_id", "length"):
+      np.testing.assert_array_equal(graded[k], ref_graded[k], f"{shape} evaluation {k}")
+    close(graded["mean_logprob"], ref_graded["mean_logprob"], 1e-5, f"{shape} evaluation mean_logprob")
+    for k in ref_data:
+      np.testing.assert_array_equal(data[k], ref_data[k], f"{shape} verifier data {k}")
+  print(f"evaluation and verifier data on (8, 1, 1), (2, 2, 2): the same graded samples as one device"
+        f" ({time.perf_counter() - t0:.1f}s)", flush=True)
 
   # A checkpoint written on one mesh restores onto others (Orbax reshards).
   t0 = time.perf_counter()
