@@ -75,10 +75,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   task = experiment.make_task(config)
   train_set, test_set = experiment.make_task_splits(config.task, os.path.join(workdir, experiment.TFDS_DIR))
   model = experiment.make_policy(config, tok)
-  # One mesh for the run (None on one device): SFT and RL build the same one from
-  # the config; the verifier's and every evaluation's sampling run on it.
+  # One mesh for every stage (None on one device): SFT, the verifier's sampling,
+  # each RL stage and every evaluation run on it.
   mesh = sharding.mesh_for_run(config)
-  state = train.train_sft(config, workdir, model=model, tokenizer=tok, train_set=train_set, task=task)
+  state = train.train_sft(config, workdir, model=model, tokenizer=tok, train_set=train_set, task=task, mesh=mesh)
   base_params, final = state.params, config.train.steps
   del state
 
@@ -97,7 +97,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     print(f"\nFine-tuning {name!r} ({stage.rl.algorithm}, N'={stage.rl.N_prime}, N={stage.rl.N},"
           f" {stage.rl.steps} steps) in {stage_dir}")
     rl_state, _ = rl.train_rl(stage, stage_dir, init_params=base_params, problems=train_set,
-                              task=task, verifier=sel)
+                              task=task, verifier=sel, mesh=mesh)
     results[name] = _evaluate_all(config, stage_dir, model, rl_state.params, tok, test_set,
                                   stage.rl.steps, learned, task, mesh)
     del rl_state

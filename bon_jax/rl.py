@@ -615,6 +615,7 @@ def train_rl(
     task: Any = None,
     reward_fn: verifier_lib.Verifier | None = None,
     verifier: verifier_lib.Verifier | None = None,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> tuple[trainer_lib.TrainState, list[dict[str, float]]]:
   """Runs ``config.rl.steps`` steps of `rl_step`, resuming from `workdir`.
 
@@ -636,6 +637,7 @@ def train_rl(
     task: the `tasks.base.Task` (default: `experiment.make_task(config)`).
     reward_fn: environment reward (default: the task's grader).
     verifier: BoN selector (default: from ``config.rl.verifier``).
+    mesh: the run's mesh (default, and None: `sharding.mesh_for_run(config)`).
 
   Returns:
     The final state and the metrics logged by this launch.
@@ -649,7 +651,7 @@ def train_rl(
   if problems is None:
     problems, _ = experiment.make_task_splits(config.task, os.path.join(workdir, experiment.TFDS_DIR))
   model = experiment.make_policy(config, tok)
-  mesh = sharding.mesh_for_run(config)  # None on one device.
+  mesh = mesh if mesh is not None else sharding.mesh_for_run(config)  # None on one device.
   ref_params = init_params if init_params is not None else experiment.initial_params(config, model, mesh)
   # The state is donated at every update: give it its own buffers.
   params = jax.tree.map(jnp.array, ref_params)

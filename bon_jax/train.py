@@ -67,16 +67,17 @@ def _cached_sft_step(model: Any, optimizer: optax.GradientTransformation, mesh: 
 
 def train_sft(
     config: ml_collections.ConfigDict, workdir: str, *, model: Any, tokenizer: Any, train_set: list[Any],
-    task: task_lib.Task = registry.COUNTDOWN,
+    task: task_lib.Task = registry.COUNTDOWN, mesh: jax.sharding.Mesh | None = None,
 ) -> trainer_lib.TrainState:
   """Stage 1: supervised fine-tuning on the task's reference solutions.
 
   Resumes from `workdir/checkpoints`; returns the state after
-  ``config.train.steps`` steps (the initial params when steps = 0).
+  ``config.train.steps`` steps (the initial params when steps = 0). `mesh`:
+  the run's mesh (`sharding.mesh_for_run`, which None also selects).
   """
   tok = tokenizer
   optimizer = trainer_lib.policy_optimizer(config.train, config.model)
-  mesh = sharding.mesh_for_run(config)
+  mesh = mesh if mesh is not None else sharding.mesh_for_run(config)
   params = experiment.initial_params(config, model, mesh)
   state = trainer_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
   # config.mesh: shard the state before restoring, so Orbax restores each array straight

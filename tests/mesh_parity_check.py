@@ -22,6 +22,7 @@ from jax.sharding import PartitionSpec as P
 from bon_jax import defaults
 from bon_jax import evaluate
 from bon_jax import models
+from bon_jax import pipeline
 from bon_jax import rl
 from bon_jax import sampling
 from bon_jax import sharding
@@ -31,6 +32,7 @@ from bon_jax import tokenizer as tokenizer_lib
 from bon_jax import verifier
 from bon_jax.tasks import countdown
 from bon_jax.tasks import registry
+import test_pipeline  # pylint: disable=g-bad-import-order  (this directory is on sys.path)
 
 MESHES = ((8, 1, 1), (2, 4, 1), (2, 2, 2))
 B, N, T, L = 4, 8, 6, 12  # prompts, samples per prompt, new tokens, sequence length
@@ -204,6 +206,17 @@ def main(ckpt_dir: str) -> None:
       check_sharded(restored, sharding.state_specs(restored, mesh), mesh, f"restored on {shape}")
   print(f"checkpoint (2, 2, 2) -> (8, 1, 1), (1, 2, 4): equal values, target shardings"
         f" ({time.perf_counter() - t0:.1f}s)")
+  # The whole job on the 8-device mesh: SFT, the verifier, RL stages and every evaluation run sharded
+  # (each piece matches one device above; this checks they are wired to the mesh end to end).
+  t0 = time.perf_counter()
+  config = test_pipeline._pipeline_config()  # pylint: disable=protected-access
+  config.mesh.shape = (-1, 1, 1)
+  results = pipeline.train_and_evaluate(config, os.path.join(ckpt_dir, "pipeline"))
+  assert sorted(results) == sorted(["base", *config.algorithms]), sorted(results)
+  for name, r in results.items():
+    assert r["verifier"] == "learned" and r["overall"]["num_prompts"] == config.eval.num_prompts, name
+  print(f"pipeline on mesh (8, 1, 1): SFT, verifier, {len(config.algorithms)} RL stages and"
+        f" {len(results)} evaluations ({time.perf_counter() - t0:.1f}s)")
   print(f"total {time.perf_counter() - t_start:.1f}s")
 
 
