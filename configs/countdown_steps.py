@@ -8,8 +8,9 @@ so a demo workdir is a valid starting point: its SFT policy and verifier are
 reused and only the missing stages run. Every algorithm gets the same sample
 budget (rl.steps x rl.prompts_per_step x rl.N_prime samples) and is evaluated
 on the same held-out prompts with the same keys. docs/RESULTS.md reports three
-seeds of it (`--config.rl.seed=0,1,2` in three workdirs, pooled with
-`python -m bon_jax.report W0 W1 W2`).
+RL seeds of it from one demo workdir (`--config.rl.seed=1`, `=2` in copies of
+it; seed 0 leaves rl.seed unset so the demo's own stages are reused), pooled
+with `python -m bon_jax.report W0 W1 W2`.
 """
 
 from configs import demo
