@@ -10,12 +10,15 @@ on a non-finite loss or gradient that keeps the last good checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging as pylogging
 import os
 import math
 import re
+import sys
+import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
@@ -130,10 +133,47 @@ def restore_or_init(
         " use a new --workdir or the config that wrote it"
     )
   logging.info("Resuming from checkpoint step %d", step)
-  try:
-    return mngr.restore(step, args=ocp.args.StandardRestore(abstract))
-  except Exception as e:  # pylint: disable=broad-except
-    raise _unreadable_checkpoint(mngr, step, e, abstract) from None
+  with _stderr_held() as held:
+    try:
+      restored = mngr.restore(step, args=ocp.args.StandardRestore(abstract))
+    except Exception as e:  # pylint: disable=broad-except
+      error = _unreadable_checkpoint(mngr, step, e, abstract)
+    else:
+      held.replay = True
+      return restored
+  raise error from None
+
+
+class _Held:
+  replay = False
+
+
+@contextlib.contextmanager
+def _stderr_held():
+  """Holds what is written to file descriptor 2; replays it unless the block failed.
+
+  After a failed read, tensorstore completes the read's futures on the asyncio
+  loop Orbax has already closed and prints "Event loop is closed" tracebacks
+  straight to fd 2 (not through Python's hooks), under or above the one-line
+  error. They say nothing that line does not; on success everything is replayed.
+  """
+  held = _Held()
+  sys.stderr.flush()
+  saved = os.dup(2)
+  with tempfile.TemporaryFile() as tmp:
+    os.dup2(tmp.fileno(), 2)
+    try:
+      yield held
+    finally:
+      if not held.replay:
+        time.sleep(0.5)  # Let the failed read's late callbacks land here.
+      sys.stderr.flush()
+      os.dup2(saved, 2)
+      os.close(saved)
+      if held.replay:
+        tmp.seek(0)
+        sys.stderr.buffer.write(tmp.read())
+        sys.stderr.flush()
 
 
 # Orbax's JSON metadata files of a step, relative to its directory.
