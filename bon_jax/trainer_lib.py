@@ -20,6 +20,7 @@ import re
 import sys
 import tempfile
 import time
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -144,10 +145,6 @@ def restore_or_init(
   raise error from None
 
 
-class _Held:
-  replay = False
-
-
 @contextlib.contextmanager
 def _stderr_held():
   """Holds what is written to file descriptor 2; replays it unless the block failed.
@@ -157,7 +154,7 @@ def _stderr_held():
   straight to fd 2 (not through Python's hooks), under or above the one-line
   error. They say nothing that line does not; on success everything is replayed.
   """
-  held = _Held()
+  held = types.SimpleNamespace(replay=False)
   sys.stderr.flush()
   saved = os.dup(2)
   with tempfile.TemporaryFile() as tmp:

@@ -455,7 +455,8 @@ def make_verifier_data(
     texts = prompts_all[start : start + prompts_per_batch]
     pad = prompts_per_batch - len(chunk)  # One compiled shape for every chunk.
     prompts = input_pipeline.encode_prompts(tokenizer, texts + texts[:1] * pad, plen)
-    on_devices = input_pipeline.device_prompts(tokenizer, texts + texts[:1] * pad, plen, mesh)
+    on_devices = (jnp.asarray(prompts) if mesh is None  # Each process encodes its own rows on a mesh.
+                  else input_pipeline.device_prompts(tokenizer, texts + texts[:1] * pad, plen, mesh))
     s = sampling.sample(model, policy_params, on_devices, jax.random.fold_in(rng, start), num_samples=num_samples,
                         max_new_tokens=max_new_tokens, temperature=temperature, mesh=mesh)
     comp = sharding.to_host(s.tokens)[: len(chunk)]

@@ -19,28 +19,25 @@ Example::
   countdown.answer_key(p, y)          # "60": maj@k votes on values
 """
 
-from bon_jax.tasks.countdown import FAMILIES
-from bon_jax.tasks.countdown import Problem
-from bon_jax.tasks.countdown import TaskConfig
-from bon_jax.tasks.countdown import answer_key
-from bon_jax.tasks.countdown import describe
-from bon_jax.tasks.countdown import grade
-from bon_jax.tasks.countdown import make_problem
-from bon_jax.tasks.countdown import make_splits
-from bon_jax.tasks.countdown import prompt_text
-from bon_jax.tasks.countdown import sft_targets
-from bon_jax.tasks.countdown import tokenizer_corpus
+from __future__ import annotations
 
-__all__ = [
-    "FAMILIES",
-    "Problem",
-    "TaskConfig",
-    "answer_key",
-    "describe",
-    "grade",
-    "make_problem",
-    "make_splits",
-    "prompt_text",
-    "sft_targets",
-    "tokenizer_corpus",
-]
+import importlib
+from typing import Any
+
+# Re-exported from `countdown` on first use: importing the package (as every
+# task module does for its siblings) does not import countdown, so imports
+# inside bon_jax.tasks flow one way.
+__all__ = ["FAMILIES", "Problem", "TaskConfig", "answer_key", "describe", "grade", "make_problem",
+           "make_splits", "prompt_text", "sft_targets", "tokenizer_corpus"]
+
+
+def __getattr__(name: str) -> Any:
+  if name in __all__:
+    value = getattr(importlib.import_module("bon_jax.tasks.countdown"), name)
+    globals()[name] = value
+    return value
+  raise AttributeError(f"module 'bon_jax.tasks' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+  return sorted(set(globals()) | set(__all__))
