@@ -10,8 +10,8 @@ compiles (never runs) the three programs that hold the most memory:
   ``rl.microbatch_rows``) on B x N rows of P + T tokens;
 * the verifier's training step (`verifier.make_verifier_step`) on
   ``verifier.batch_size`` sequences, its state and batch sharded by
-  `sharding.state_specs` / `batch_spec_for` (the stage itself runs on one
-  device today);
+  `sharding.state_specs` / `batch_spec_for`, as the verifier stage runs it
+  on the run's mesh;
 
 and reads XLA's per-device figure (`compile().memory_analysis()`: arguments +
 outputs + temporaries - donated/aliased) beside the plan's phase for the same
@@ -135,12 +135,10 @@ def run(name: str, programs: tuple[str, ...], preset: str | None) -> dict:
                                              sharding=jax.sharding.NamedSharding(
                                                  mesh, sharding.batch_spec_for(shape[:2], mesh, groups=True)))}
     step = verifier_lib.make_verifier_step(base, vopt, rank_weight=float(vcfg.get("rank_weight", 0.0)),
-                                           pooling=vcfg.get("pooling", "last"))
-    vplan = pd["verifier_params"]
-    vopt_bytes = sharding.per_device_bytes(vstate.opt_state, sharding.state_specs(vstate, mesh).opt_state, mesh)
+                                           pooling=vcfg.get("pooling", "last"), mesh=mesh)
+    vparts = plan["verifier_step_bytes"]
     out["programs"]["verifier"] = {"compiled": compiled_bytes(step.lower(vstate, vbatch)),
-                                   "plan": vplan * 2 + vopt_bytes,
-                                   "plan_parts": "verifier params + gradients + optimizer state"}
+                                   "plan": sum(vparts.values()), "plan_parts": " + ".join(vparts)}
   for prog in out["programs"].values():
     prog["compiled_over_plan"] = prog["compiled"]["total"] / prog["plan"]
   return out

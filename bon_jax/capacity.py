@@ -163,6 +163,8 @@ def plan(config: ml_collections.ConfigDict, *, num_devices: int | None = None) -
     ``num_trainable``, ``verifier_num_params`` (0 without a learned verifier),
     ``samplers`` (per sampler: B, N, P, T and the KV cache bytes),
     ``per_device_bytes`` (name -> bytes on the most loaded device),
+    ``verifier_step_bytes`` (the verifier training step's terms; {} without
+    a verifier stage),
     ``phases`` (what is live together: resident state, RL sampling, RL
     update, evaluation -> bytes) and ``notes``.
   """
@@ -205,6 +207,17 @@ def plan(config: ml_collections.ConfigDict, *, num_devices: int | None = None) -
     notes.append("reference_params: the frozen policy of the KL term (kl_coef > 0)")
 
   base = models.base_model(model)
+  tc = base.config
+  n_batch = mesh_shape[0] * mesh_shape[1]
+  layer_params = sum(x.size for path, x in jax.tree_util.tree_leaves_with_path(
+      models.abstract_params(base)) if str(getattr(path[0], "key", "")).startswith("layer_"))
+
+  def activations_f32(rows_here: int, tokens: int) -> int:
+    # Every layer's saved float32 activations of `rows_here` rows of `tokens` tokens, as XLA:CPU
+    # compiles a backward pass: 3 [heads, T, T] attention arrays + 5 MLP + 2 residual values per token.
+    per_token = 3 * tc.num_heads * tokens + 5 * tc.hidden_dim + 2 * tc.embed_dim
+    return 4 * rows_here * tokens * tc.num_layers * per_token
+
   uses_verifier = any(rl.verifier == "learned" for rl in stages) or (
       "verifier" in config and config.verifier.steps > 0)
   verifier_num = 0
@@ -222,7 +235,23 @@ def plan(config: ml_collections.ConfigDict, *, num_devices: int | None = None) -
                  f" optimizer state {verifier_opt / GIB:.2f} GiB per device")
 
   prompt_len, prompt_src = _prompt_len(config)
-  tc = base.config
+  verifier_step = {}
+  if "verifier" in config and config.verifier.steps > 0:
+    # One training step of the verifier stage (verifier.make_verifier_step on the mesh): whole
+    # groups of num_samples sequences, their rows split over the batch axes.
+    vcfg = config.verifier
+    vrows = max(1, vcfg.batch_size // vcfg.num_samples) * vcfg.num_samples
+    vtokens = prompt_len + vcfg.max_new_tokens
+    vrows_here = -(-vrows // n_batch) if vrows % n_batch == 0 else vrows
+    verifier_step = {
+        "verifier_params": per_device["verifier_params"],
+        "verifier_gradients": per_device["verifier_params"],
+        "verifier_optimizer_state": verifier_opt,
+        "verifier_gathered_layers_f32": 8 * layer_params,
+        "verifier_activations_f32": activations_f32(vrows_here, vtokens),
+    }
+    notes.append(f"verifier step: {vrows_here} of {vrows} sequences of {vtokens} tokens per device; gathered"
+                 " layers and activations as in the update (bench/compiled_memory.py)")
   samplers = []
   for name, b, n, t in _sampler_shapes(config, stages):
     kv = kv_cache_bytes(tc, batch=b, num_samples=n, prompt_len=prompt_len, max_new_tokens=t,
@@ -234,7 +263,6 @@ def plan(config: ml_collections.ConfigDict, *, num_devices: int | None = None) -
     rl = stages[0]
     rows = rl.prompts_per_step * (rl.N_prime + algorithms.get(rl.algorithm).expert)
     length = prompt_len + rl.max_new_tokens - 1
-    n_batch = mesh_shape[0] * mesh_shape[1]
     per_device["kv_cache_rl"] = samplers[0]["kv_per_device"]
     micro = int(rl.microbatch_rows)
     if 0 < micro < rows:
@@ -249,11 +277,8 @@ def plan(config: ml_collections.ConfigDict, *, num_devices: int | None = None) -
       row_shards = n_batch
 
     rows_here = -(-rows // row_shards)
-    layer_params = sum(x.size for path, x in jax.tree_util.tree_leaves_with_path(
-        models.abstract_params(base)) if str(getattr(path[0], "key", "")).startswith("layer_"))
     per_device["update_gathered_layers_f32"] = 8 * layer_params
-    per_token = 3 * tc.num_heads * (length + 1) + 5 * tc.hidden_dim + 2 * tc.embed_dim
-    per_device["update_activations_f32"] = 4 * rows_here * (length + 1) * tc.num_layers * per_token
+    per_device["update_activations_f32"] = activations_f32(rows_here, length + 1)
     chunks = -(-vocab // rl_lib.VOCAB_CHUNK)
     chunk = -(-vocab // chunks)
     per_device["update_logits_f32"] = rows_here * length * chunk * 4
@@ -270,6 +295,10 @@ def plan(config: ml_collections.ConfigDict, *, num_devices: int | None = None) -
   resident = sum(per_device.get(k, 0) for k in
                  ("params", "optimizer_state", "reference_params", "verifier_params"))
   phases = {"resident (params, optimizer, reference, verifier)": resident}
+  if verifier_step:
+    # The verifier stage holds the SFT policy's params beside the verifier's training state.
+    phases["verifier step (policy params + " + " + ".join(verifier_step) + ")"] = (
+        params_bytes + sum(verifier_step.values()))
   if stages:
     phases["rl sampling (resident + kv_cache_rl)"] = resident + per_device["kv_cache_rl"]
     update = [k for k in ("gradients", "gradient_accumulator_f32", "update_gathered_layers_f32",
@@ -289,6 +318,7 @@ def plan(config: ml_collections.ConfigDict, *, num_devices: int | None = None) -
       "verifier_num_params": verifier_num,
       "samplers": samplers,
       "per_device_bytes": per_device,
+      "verifier_step_bytes": verifier_step,
       "phases": phases,
       "notes": notes,
   }

@@ -15,6 +15,7 @@ import numpy as np
 
 from bon_jax import config_lib
 from bon_jax import evaluate
+from bon_jax import multihost
 
 
 def write_comparison(results: dict[str, dict[str, Any]], workdir: str, *, temperature: float) -> str:
@@ -23,7 +24,8 @@ def write_comparison(results: dict[str, dict[str, Any]], workdir: str, *, temper
   Columns: pass@1, pass@N, Bo-N (learned verifier if present, else grader),
   maj@N at N = eval.num_samples, each with its 95% interval over prompts, and
   the paired difference of pass@N against `config_lib.BASE` (same prompts and keys, so
-  the per-prompt differences give a much tighter interval).
+  the per-prompt differences give a much tighter interval). Files are written
+  by process 0 only (`bon_jax.multihost`); every process returns the table.
   """
   import matplotlib  # pylint: disable=g-import-not-at-top
 
@@ -52,6 +54,8 @@ def write_comparison(results: dict[str, dict[str, Any]], workdir: str, *, temper
   payload = {"temperature": temperature, "table": table,
              "results": {k: {m: v["overall"][m] for m in evaluate.curve_names(v)} | {"ks": ks}
                          for k, v in results.items()}}
+  if not multihost.is_writer():
+    return table
   name = "compare"
   path = os.path.join(workdir, name + ".json")
   if os.path.exists(path):

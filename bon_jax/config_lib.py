@@ -14,6 +14,8 @@ from typing import Any
 
 import ml_collections
 
+from bon_jax import multihost
+
 
 # Fields that fix what a checkpoint in the workdir is: a run that differs in any
 # of them cannot resume from it.
@@ -80,8 +82,15 @@ def prepare_workdir(
   base `train` and its `rl` settings) is refused (one line), so nothing in
   the workdir is overwritten.
   Other fields (steps, eval settings) may change between runs; every run is
-  appended to `runs.jsonl` for provenance.
+  appended to `runs.jsonl` for provenance. On several processes, process 0
+  checks and writes first, then the others check what it wrote
+  (`bon_jax.multihost`).
   """
+  with multihost.writer_first(f"prepare {workdir}"):
+    _prepare_workdir(config, workdir, fields)
+
+
+def _prepare_workdir(config: ml_collections.ConfigDict, workdir: str, fields: tuple[str, ...]) -> None:
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise UserError(f"--workdir={workdir} exists and is not a directory")
   try:
@@ -110,11 +119,12 @@ def prepare_workdir(
     raise UserError(
         f"--workdir={workdir} holds checkpoints but no {CONFIG_FILE}; use a new --workdir"
     )
-  else:
+  elif multihost.is_writer():
     with open(path, "w") as f:
       json.dump(config.to_dict(), f, indent=2, sort_keys=True)
-  with open(os.path.join(workdir, "runs.jsonl"), "a") as f:
-    f.write(json.dumps(config.to_dict(), sort_keys=True) + "\n")
+  if multihost.is_writer():
+    with open(os.path.join(workdir, "runs.jsonl"), "a") as f:
+      f.write(json.dumps(config.to_dict(), sort_keys=True) + "\n")
 
 
 def _has_checkpoints(workdir: str) -> bool:

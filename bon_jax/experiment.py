@@ -13,6 +13,7 @@ import ml_collections
 
 from bon_jax import config_lib
 from bon_jax import models
+from bon_jax import multihost
 from bon_jax import tokenizer as tokenizer_lib
 from bon_jax.tasks import registry
 
@@ -34,7 +35,8 @@ def make_task_splits(cfg: ml_collections.ConfigDict,
   """Train and test problems of `config.task` (a bad option is a `UserError`).
 
   `tfds_dir`: read through the task's tensorflow-datasets builder, prepared
-  there (`bon_jax.tfds_builders`); the pipeline uses ``<workdir>/tfds``.
+  there (`bon_jax.tfds_builders`; by process 0 before the others read it);
+  the pipeline uses ``<workdir>/tfds``.
   """
   try:
     if tfds_dir is None:
@@ -42,7 +44,8 @@ def make_task_splits(cfg: ml_collections.ConfigDict,
     # Imports TensorFlow (tensorflow-datasets): only runs that read through it pay for it.
     from bon_jax import tfds_builders  # pylint: disable=g-import-not-at-top
 
-    return tfds_builders.load_splits(cfg, tfds_dir)
+    with multihost.writer_first(f"prepare {tfds_dir}"):
+      return tfds_builders.load_splits(cfg, tfds_dir)
   except (TypeError, ValueError, FileNotFoundError) as e:
     raise config_lib.UserError(f"config.task: {e}") from None
 

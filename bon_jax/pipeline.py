@@ -44,6 +44,7 @@ from bon_jax import defaults
 from bon_jax import evaluate
 from bon_jax import experiment
 from bon_jax import models
+from bon_jax import multihost
 from bon_jax import rl
 from bon_jax import sharding
 from bon_jax import train
@@ -86,7 +87,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if config.verifier.steps > 0:
     vparams = _verifier_stage(config, workdir, model, base_params, tok, train_set, test_set, task, mesh)
     learned = verifier_lib.learned_verifier(models.base_model(model), vparams, tokenizer=tok, task=task,
-                                            pooling=config.verifier.pooling)
+                                            pooling=config.verifier.pooling, mesh=mesh)
 
   results = {BASE: _evaluate_all(config, workdir, model, base_params, tok, test_set, final, learned, task, mesh)}
   for name in config.algorithms:
@@ -120,23 +121,27 @@ def _verifier_stage(config, workdir, model, base_params, tok, train_set, test_se
   refuse = config_lib.UserError(
       f"{out_dir} holds a verifier trained with another config.verifier or SFT length;"
       " use a new --workdir or the original settings")
-  if os.path.exists(report_path):
-    with open(report_path) as f:
-      saved = json.load(f)
-    saved_cfg = saved.get("config", {})
-    if _verifier_stage_config(saved_cfg.get("verifier"), saved_cfg.get("train_steps")) != want:
-      raise refuse
+  # Process 0 checks (and starts the stage's files) before the others look: one branch for all.
+  with multihost.writer_first(f"check {out_dir}"):
+    finished = os.path.exists(report_path)
+    if finished:
+      with open(report_path) as f:
+        saved = json.load(f)
+      saved_cfg = saved.get("config", {})
+      if _verifier_stage_config(saved_cfg.get("verifier"), saved_cfg.get("train_steps")) != want:
+        raise refuse
+    elif os.path.exists(config_path):  # Stopped part-way: resume only the same stage.
+      with open(config_path) as f:
+        saved = json.load(f)
+      if _verifier_stage_config(saved.get("verifier"), saved.get("train_steps")) != want:
+        raise refuse
+    elif multihost.is_writer():
+      os.makedirs(out_dir, exist_ok=True)
+      with open(config_path, "w") as f:
+        json.dump(want, f, indent=1)
+  if finished:
     print(f"\nLearned verifier: loaded from {out_dir} (held-out AUC {saved['report']['auc']:.3f})")
-    return verifier_lib.load_verifier(os.path.join(out_dir, "verifier"), models.base_model(model))
-  if os.path.exists(config_path):  # Stopped part-way: resume only the same stage.
-    with open(config_path) as f:
-      saved = json.load(f)
-    if _verifier_stage_config(saved.get("verifier"), saved.get("train_steps")) != want:
-      raise refuse
-  else:
-    os.makedirs(out_dir, exist_ok=True)
-    with open(config_path, "w") as f:
-      json.dump(want, f, indent=1)
+    return verifier_lib.load_verifier(os.path.join(out_dir, "verifier"), models.base_model(model), mesh)
   print(f"\nTraining the verifier ({config.verifier.steps} steps on"
         f" {config.verifier.num_prompts} x {config.verifier.num_samples} SFT samples)")
   t0 = time.perf_counter()
@@ -145,8 +150,9 @@ def _verifier_stage(config, workdir, model, base_params, tok, train_set, test_se
       tokenizer=tok, task=task,
       train_problems=train_set, test_problems=test_set, out_dir=out_dir, mesh=mesh)
   report["seconds"] = time.perf_counter() - t0
-  with open(report_path, "w") as f:
-    json.dump({"config": want, "report": report}, f, indent=1)
+  if multihost.is_writer():
+    with open(report_path, "w") as f:
+      json.dump({"config": want, "report": report}, f, indent=1)
   ks = report["ks"]
   print(f"Verifier: held-out AUC {report['auc']:.3f} (within prompts {report['within_prompt_auc']:.3f}); Bo-k "
         + ", ".join(f"k={k}: {100 * v:.1f}%" for k, v in zip(ks, report["bo@k"]))
@@ -232,8 +238,9 @@ def _evaluate_once(config, workdir, model, params, tok, test_set, step, verifier
   results["eval_config"] = config.eval.to_dict()
   results["verifier"] = "learned" if verifier is not None else None
   results["step"] = step
-  json_path, png_path = evaluate.write_report(results, out_dir, name)
   print(f"\nHeld-out evaluation of {workdir} at step {step} (T={config.eval.temperature}):")
   print(evaluate.format_table(results))
-  print(f"\nWrote {json_path} and {png_path}")
+  if multihost.is_writer():
+    json_path, png_path = evaluate.write_report(results, out_dir, name)
+    print(f"\nWrote {json_path} and {png_path}")
   return results

@@ -682,11 +682,11 @@ def train_rl(
           "config.rl.verifier='learned' needs config.rl.verifier_ckpt (a verifier.save_verifier"
           " directory) or config.verifier.steps > 0 (train one in the pipeline)")
     try:
-      vparams = verifier_lib.load_verifier(rl.verifier_ckpt, models.base_model(model))
+      vparams = verifier_lib.load_verifier(rl.verifier_ckpt, models.base_model(model), mesh)
     except FileNotFoundError as e:
       raise config_lib.UserError(str(e)) from None
     verifier = verifier_lib.learned_verifier(models.base_model(model), vparams, tokenizer=tok, task=task,
-                                             pooling=config.verifier.pooling)
+                                             pooling=config.verifier.pooling, mesh=mesh)
   prompt_len = int(input_pipeline.encode_prompts(tok, [task.prompt_text(p) for p in problems]).shape[1])
   seed = config.seed if rl.seed is None else int(rl.seed)
 

@@ -33,6 +33,7 @@ import orbax.checkpoint as ocp
 import tqdm
 
 from bon_jax import config_lib
+from bon_jax import multihost
 from bon_jax import optim
 
 
@@ -270,10 +271,11 @@ def train_loop(
   start = int(state.step)
   jsonl = writer = None
   if workdir is not None:
-    jsonl = JsonlWriter(os.path.join(workdir, "metrics.jsonl"))
+    # Files from process 0 only (`bon_jax.multihost`); the others log to absl.
+    jsonl = JsonlWriter(os.path.join(workdir, "metrics.jsonl")) if multihost.is_writer() else None
     from clu import metric_writers  # pylint: disable=g-import-not-at-top  (imports TensorFlow)
 
-    writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+    writer = metric_writers.create_default_writer(workdir, just_logging=not multihost.is_writer())
   bar = tqdm.tqdm(total=steps, initial=start, desc=desc, unit="step", dynamic_ncols=True,
                   disable=jax.process_index() > 0)
   history = []
@@ -300,6 +302,7 @@ def train_loop(
         t_last, s_last = now, done
         if workdir is not None:
           writer.write_scalars(done, metrics)
+        if jsonl is not None:
           jsonl.write(done, metrics)
         history.append({"step": done, **metrics})
         bar.set_postfix(**postfix)
@@ -313,6 +316,7 @@ def train_loop(
       mngr.close()
     if workdir is not None:
       writer.flush()
+    if jsonl is not None:
       jsonl.close()
     bar.close()
   return state, history

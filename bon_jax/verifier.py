@@ -55,6 +55,7 @@ from bon_jax import bon
 from bon_jax import input_pipeline
 from bon_jax import models
 from bon_jax import sampling
+from bon_jax import multihost
 from bon_jax import sharding
 from bon_jax import trainer_lib
 from bon_jax.tasks import base as task_lib
@@ -150,7 +151,7 @@ def init_verifier(model: Any, rng: jax.Array, *, backbone: Params | None = None)
 
 
 def score(model: Any, params: Params, tokens: Int["*B L"], *, pooling: str = "last",
-          mesh: jax.sharding.Mesh | None = None) -> Float["*B"]:
+          mesh: jax.sharding.Mesh | None = None, constrain: Any = None) -> Float["*B"]:
   """Verifier logits of full sequences.
 
   Args:
@@ -167,6 +168,9 @@ def score(model: Any, params: Params, tokens: Int["*B L"], *, pooling: str = "la
       over `sharding.BATCH_AXES` on prompts (else samples), the logits alike.
       Each sequence is scored alone, so groups may be split. None: traced
       as is (usable inside other jitted functions).
+    constrain: inside a jitted function on a mesh, `sharding.rows_constraint`
+      for the B sequences: every activation stays split over the batch axes
+      (`sharding.apply_rows_split`) instead of XLA replicating the rows.
 
   Returns:
     float32[...]: the logit of P(correct). Depends only on the real tokens
@@ -179,20 +183,20 @@ def score(model: Any, params: Params, tokens: Int["*B L"], *, pooling: str = "la
     return _sharded_score(model, mesh, kind, pooling)(params, tokens)
   tokens = jnp.asarray(tokens)
   if pooling == "min":
-    return pool_min(tokens, token_logits(model, params, tokens))
+    return pool_min(tokens, token_logits(model, params, tokens, constrain=constrain))
   lead, length = tokens.shape[:-1], tokens.shape[-1]
-  out = model.apply({"params": params["backbone"]}, tokens.reshape(-1, length),
-                    return_last_only=True, return_hidden_states=True)
+  out = sharding.apply_rows_split(model, params["backbone"], tokens.reshape(-1, length), constrain,
+                                  return_last_only=True, return_hidden_states=True)
   logits = _HEAD.apply({"params": params["head"]}, out.hidden_states.astype(jnp.float32))[..., 0]
   return logits.reshape(lead)
 
 
-def token_logits(model: Any, params: Params, tokens: Int["*B L"]) -> Float["*B L"]:
-  """float32[..., L]: the head at every position (position t has read tokens <= t)."""
+def token_logits(model: Any, params: Params, tokens: Int["*B L"], *, constrain: Any = None) -> Float["*B L"]:
+  """float32[..., L]: the head at every position (position t has read tokens <= t); `constrain` as in `score`."""
   tokens = jnp.asarray(tokens)
   length = tokens.shape[-1]
-  out = model.apply({"params": params["backbone"]}, tokens.reshape(-1, length),
-                    return_hidden_states=True)
+  out = sharding.apply_rows_split(model, params["backbone"], tokens.reshape(-1, length), constrain,
+                                  return_hidden_states=True)
   logits = _HEAD.apply({"params": params["head"]}, out.hidden_states.astype(jnp.float32))[..., 0]
   return logits.reshape(tokens.shape)
 
@@ -205,7 +209,11 @@ def pool_min(tokens: Int["*B L"], logits: Float["*B L"]) -> Float["*B"]:
 
 @functools.lru_cache(maxsize=8)
 def _sharded_score(model: Any, mesh: jax.sharding.Mesh, kind: str, pooling: str = "last"):
-  return sharding.jit_sharded(functools.partial(score, model, pooling=pooling), mesh, ("params", kind), kind)
+  def fn(params, tokens):
+    constrain = sharding.rows_constraint(mesh, int(np.prod(tokens.shape[:-1])))
+    return score(model, params, tokens, pooling=pooling, constrain=constrain)
+
+  return sharding.jit_sharded(fn, mesh, ("params", kind), kind)
 
 
 def bce_loss(logits: Float["*B"], labels: Num["*B"]) -> Float[""]:
@@ -246,7 +254,8 @@ def step_bce_loss(logits: Float["*B L"], labels: Num["*B L"], mask: Num["*B L"])
 
 
 def make_verifier_step(model: Any, optimizer: optax.GradientTransformation, *, rank_weight: float = 0.0,
-                       pooling: str = "last", step_weight: float = 0.0):
+                       pooling: str = "last", step_weight: float = 0.0,
+                       mesh: jax.sharding.Mesh | None = None):
   """Jitted ``(state, batch) -> (state, metrics)``.
 
   ``batch``: ``tokens`` int32[G, N, L] (N samples of each of G prompts),
@@ -256,18 +265,22 @@ def make_verifier_step(model: Any, optimizer: optax.GradientTransformation, *, r
   prompt plus ``step_weight`` x `step_bce_loss` of the head at the labelled
   positions (needs pooling "min": the head at every position). Metrics: loss,
   bce, rank, step_bce, accuracy (at logit 0), grad_norm. `pooling` as in
-  `score`.
+  `score`. With a `bon_jax.sharding` mesh the step is jitted with explicit
+  shardings like the policy update: the state by `sharding.state_specs`, the
+  batch's prompts (else samples) over the batch axes, metrics replicated.
   """
   if step_weight and pooling != "min":
     raise ValueError("step_weight > 0 trains the head at every position: it needs pooling='min'")
 
   def loss_fn(params, batch):
+    # On a mesh every activation of the batch's rows stays split over the batch axes.
+    constrain = sharding.rows_constraint(mesh, int(np.prod(batch["tokens"].shape[:-1])))
     if step_weight:
-      per_token = token_logits(model, params, batch["tokens"])
+      per_token = token_logits(model, params, batch["tokens"], constrain=constrain)
       logits = pool_min(batch["tokens"], per_token)
       step_bce = step_bce_loss(per_token, batch["step_labels"], batch["step_mask"])
     else:
-      logits = score(model, params, batch["tokens"], pooling=pooling)
+      logits = score(model, params, batch["tokens"], pooling=pooling, constrain=constrain)
       step_bce = jnp.zeros((), jnp.float32)
     bce = bce_loss(logits, batch["labels"])
     rank = pairwise_ranking_loss(logits, batch["labels"])
@@ -282,6 +295,8 @@ def make_verifier_step(model: Any, optimizer: optax.GradientTransformation, *, r
     return trainer_lib.TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                                   opt_state=opt_state), metrics
 
+  if mesh is not None:
+    return sharding.jit_sharded(step, mesh, ("state", "groups"), ("state", "replicated"), donate_argnums=0)
   return jax.jit(step, donate_argnums=0)
 
 
@@ -305,6 +320,7 @@ def train_verifier(
     workdir: str | None = None,
     checkpoint_every: int = 0,
     keep_checkpoints: int = 2,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> tuple[Params, list[dict[str, float]]]:
   """BCE (+ within-prompt ranking) training; minibatches are a function of (seed, step).
 
@@ -330,6 +346,11 @@ def train_verifier(
     step_weight, step_labels, step_mask: process supervision (see
       `make_verifier_step`); labels and mask shaped like `tokens`.
     workdir, checkpoint_every, keep_checkpoints: see above.
+    mesh: a `bon_jax.sharding` mesh: the state is sharded by
+      `sharding.state_specs` (restored into those shardings on resume) and
+      each step runs on it (`make_verifier_step`); every process must pass
+      the same data (minibatches are drawn from it by (seed, step)). None:
+      one device.
 
   Returns:
     The trained params and the metrics of the steps this call ran (loss, bce,
@@ -357,7 +378,14 @@ def train_verifier(
       learning_rate=learning_rate, warmup_steps=warmup_steps, steps=steps, weight_decay=weight_decay,
       grad_clip_norm=1.0)), decay_vectors=True)
   state = trainer_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
-  update = make_verifier_step(model, optimizer, rank_weight=rank_weight, pooling=pooling, step_weight=step_weight)
+  if mesh is None:
+    # One device, even when the backbone came from a policy sharded over several.
+    state = jax.device_put(state, jax.devices()[0])
+  else:
+    # Sharded before the restore: Orbax restores into these shardings (any mesh shape).
+    state = sharding.shard(state, mesh, sharding.state_specs(state, mesh))
+  update = make_verifier_step(model, optimizer, rank_weight=rank_weight, pooling=pooling, step_weight=step_weight,
+                              mesh=mesh)
 
   def step_fn(state, step):
     idx = np.random.default_rng([seed, step]).integers(0, len(labels), size=per_step)
@@ -579,17 +607,22 @@ def decode_completions(tokenizer: Any, completions: np.ndarray) -> list[list[str
 
 
 def score_batched(model: Any, params: Params, tokens: Int["*B L"], batch_size: int = 64, *,
-                  pooling: str = "last") -> Float["*B"]:
-  """`score` over int[..., L] in fixed-size chunks (one compiled shape); float32[...]."""
+                  pooling: str = "last", mesh: jax.sharding.Mesh | None = None) -> Float["*B"]:
+  """`score` over int[..., L] in fixed-size chunks (one compiled shape); float32[...].
+
+  With a `bon_jax.sharding` mesh each chunk's rows are split over its batch
+  axes (params as `score` places them; every process passes the same
+  tokens and gets every score back).
+  """
   tokens = np.asarray(tokens, np.int32)
   flat = tokens.reshape(-1, tokens.shape[-1])
-  fn = _jitted_score(model, pooling)
+  fn = _jitted_score(model, pooling) if mesh is None else _sharded_score(model, mesh, "batch", pooling)
   out = []
   for start in range(0, len(flat), batch_size):
     chunk = flat[start : start + batch_size]
     pad = batch_size - len(chunk)
     padded = np.concatenate([chunk, np.repeat(chunk[:1], pad, 0)]) if pad else chunk
-    out.append(np.asarray(fn(params, jnp.asarray(padded)))[: len(chunk)])
+    out.append(sharding.to_host(fn(params, padded))[: len(chunk)])
   return np.concatenate(out).reshape(tokens.shape[:-1])
 
 
@@ -600,7 +633,7 @@ def _jitted_score(model: Any, pooling: str = "last"):
 
 def evaluate_verifier(
     model: Any, params: Params, data: dict[str, np.ndarray], *, ks: Sequence[int] = (1, 2, 4),
-    batch_size: int = 64, pooling: str = "last",
+    batch_size: int = 64, pooling: str = "last", mesh: jax.sharding.Mesh | None = None,
 ) -> dict[str, Any]:
   """AUC and Bo-k accuracy of the verifier on held-out groups.
 
@@ -609,6 +642,7 @@ def evaluate_verifier(
     ks: subset sizes for Bo-k (each <= N).
     batch_size: sequences per scoring call.
     pooling: as in `score`.
+    mesh: score on this mesh (`score_batched`).
 
   Returns:
     {"auc", "within_prompt_auc", "bo@k": [..], "pass@k": [..], "ks": [..]}:
@@ -617,7 +651,7 @@ def evaluate_verifier(
     verifier-selected accuracy (`bon.best_of_k`), pass@k its oracle ceiling
     (the grader as verifier); both averaged over prompts.
   """
-  scores = score_batched(model, params, data["tokens"], batch_size, pooling=pooling)
+  scores = score_batched(model, params, data["tokens"], batch_size, pooling=pooling, mesh=mesh)
   labels = np.asarray(data["labels"], np.float32)
   return {
       "auc": auc(scores, labels),
@@ -691,12 +725,13 @@ def noisy_grader_verifier(task: Any, *, target_auc: float, seed: int = 0) -> Ver
 
 def learned_verifier(
     model: Any, params: Params, *, tokenizer: Any, task: Any, batch_size: int = 64,
-    pooling: str = "last",
+    pooling: str = "last", mesh: jax.sharding.Mesh | None = None,
 ) -> Verifier:
   """A `Verifier` scoring ``[BOS] task.prompt_text(problem) completion`` with `score`.
 
   Scores are the head's logits (only their order matters for BoN); `pooling`
   must be the one the params were trained with (``config.verifier.pooling``).
+  With a mesh, scoring runs on it (`score_batched`).
   """
   _check_pooling(pooling)
 
@@ -705,7 +740,7 @@ def learned_verifier(
     tokens = np.asarray(tokens)
     prompts = input_pipeline.encode_prompts(tokenizer, [task.prompt_text(p) for p in problems])
     seqs, _ = join_prompt_completion(jnp.asarray(prompts), jnp.asarray(tokens))
-    return score_batched(model, params, np.asarray(seqs), batch_size, pooling=pooling)
+    return score_batched(model, params, np.asarray(seqs), batch_size, pooling=pooling, mesh=mesh)
 
   return fn
 
@@ -739,8 +774,8 @@ def run_verifier_stage(
     out_dir: if set, the params are saved to ``out_dir/verifier`` (reload
       with `load_verifier`; `bon_jax.rl` takes that path as
       ``config.rl.verifier_ckpt``).
-    mesh: the run's mesh: the policy samples on it (training and scoring run
-      on one device per process).
+    mesh: the run's mesh: the policy samples, the verifier trains and the
+      held-out groups are scored on it (None: one device).
 
   Returns:
     The trained params and a report: held-out ``auc``, ``bo@k``, ``pass@k``
@@ -775,7 +810,7 @@ def run_verifier_stage(
           tokenizer=tokenizer, task=task, problems=train_problems[cfg.num_prompts : cfg.num_prompts + synthetic],
           num_samples=cfg.num_samples, max_new_tokens=cfg.max_new_tokens,
           rng=np.random.default_rng([cfg.seed, 3]), with_steps=bool(step_weight)))
-    if data_path is not None:
+    if data_path is not None and multihost.is_writer():
       _save_data(data_path, train_data, held)
   params = init_verifier(model, jax.random.fold_in(key, 2),
                          backbone=policy_params if cfg.init == "policy" else None)
@@ -794,8 +829,9 @@ def run_verifier_stage(
       weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps, rank_weight=rank_weight,
       pooling=pooling, seed=cfg.seed, step_weight=step_weight, step_labels=step_labels,
       step_mask=step_mask, workdir=train_dir, checkpoint_every=cfg.checkpoint_every,
-      keep_checkpoints=cfg.keep_checkpoints)
-  report = evaluate_verifier(model, params, held, ks=ks, batch_size=cfg.prompts_per_batch, pooling=pooling)
+      keep_checkpoints=cfg.keep_checkpoints, mesh=mesh)
+  report = evaluate_verifier(model, params, held, ks=ks, batch_size=cfg.prompts_per_batch, pooling=pooling,
+                             mesh=mesh)
   report["label_mean"] = float(train_data["labels"][: cfg.num_prompts].mean())
   if history:
     report["final_loss"] = history[-1]["loss"]
@@ -837,13 +873,18 @@ def save_verifier(path: str, params: Params) -> None:
     ckpt.save(os.path.abspath(path), params, force=True)
 
 
-def load_verifier(path: str, model: Any) -> Params:
+def load_verifier(path: str, model: Any, mesh: jax.sharding.Mesh | None = None) -> Params:
   """Restores `save_verifier` params for `model`'s architecture.
 
-  Raises a one-line FileNotFoundError when `path` is missing.
+  With a mesh, each device reads its shard (`sharding.param_specs`); else
+  they land on the default device. Raises a one-line FileNotFoundError when
+  `path` is missing.
   """
   if not path or not os.path.exists(path):
     raise FileNotFoundError(f"verifier checkpoint {path!r} not found; train one first or fix the path")
   abstract = jax.eval_shape(lambda: init_verifier(model, jax.random.key(0)))
+  if mesh is not None:
+    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract,
+                            sharding.named(mesh, sharding.param_specs(abstract, mesh)))
   with ocp.StandardCheckpointer() as ckpt:
     return ckpt.restore(os.path.abspath(path), abstract)

@@ -99,6 +99,11 @@ def main(ckpt_dir: str) -> None:
   sft_tokens = tokens.reshape(2 * B, L)
   sft_batch = {"tokens": sft_tokens, "loss_mask": (sft_tokens[:, 1:] != 0).astype(np.float32)}
   score_tokens = rng.integers(3, 512, (B, N, L)).astype(np.int32)
+  score_tokens[:, :, 0] = models.BOS_ID
+  score_tokens[1, 2, 7:] = 0  # A shorter sequence: pooling reads its last real token.
+  v_batch = {"tokens": score_tokens, "labels": (rng.random((B, N)) < 0.5).astype(np.float32)}
+  v_state = host(trainer_lib.TrainState(step=jnp.zeros((), jnp.int32), params=vparams,
+                                        opt_state=optimizer.init(vparams)))
 
   def run_all(mesh):
     upd = rl.make_policy_update(model, optimizer, kl_coef=0.1, entropy_coef=0.01, mesh=mesh)
@@ -121,8 +126,16 @@ def main(ckpt_dir: str) -> None:
     st2 = (jax.tree.map(jnp.asarray, state) if mesh is None
            else sharding.shard(state, mesh, sharding.state_specs(state, mesh)))
     sft_state, _ = jax.block_until_ready(sft(st2, sft_batch))
-    print(f"  sample {t1 - t:.1f}s score {t2 - t1:.1f}s update {t3 - t2:.1f}s sft {time.perf_counter() - t3:.1f}s")
-    return samples, logits, pg_state, pg_metrics, sft_state
+    t4 = time.perf_counter()
+    # The verifier stage's training step (BCE + within-prompt ranking) and batched scoring.
+    vstep = verifier.make_verifier_step(model, optimizer, rank_weight=0.5, mesh=mesh)
+    vst = (jax.tree.map(jnp.asarray, v_state) if mesh is None
+           else sharding.shard(v_state, mesh, sharding.state_specs(v_state, mesh)))
+    v_trained, v_metrics = jax.block_until_ready(vstep(vst, v_batch))
+    v_scores = verifier.score_batched(model, v_trained.params, score_tokens, batch_size=16, mesh=mesh)
+    print(f"  sample {t1 - t:.1f}s score {t2 - t1:.1f}s update {t3 - t2:.1f}s sft {t4 - t3:.1f}s"
+          f" verifier step+scoring {time.perf_counter() - t4:.1f}s")
+    return samples, logits, pg_state, pg_metrics, sft_state, (v_trained, v_metrics, v_scores)
 
   t0 = time.perf_counter()
   ref = run_all(None)
@@ -131,8 +144,8 @@ def main(ckpt_dir: str) -> None:
   for shape in MESHES:
     t0 = time.perf_counter()
     mesh = sharding.make_mesh(shape)
-    samples, logits, pg_state, pg_metrics, sft_state = run_all(mesh)
-    r_samples, r_logits, r_pg, r_metrics, r_sft = ref
+    samples, logits, pg_state, pg_metrics, sft_state, (v_trained, v_metrics, v_scores) = run_all(mesh)
+    r_samples, r_logits, r_pg, r_metrics, r_sft, (r_vtrained, r_vmetrics, r_vscores) = ref
     np.testing.assert_array_equal(np.asarray(samples.tokens), np.asarray(r_samples.tokens), f"{shape} tokens")
     np.testing.assert_array_equal(np.asarray(samples.lengths), np.asarray(r_samples.lengths))
     close(samples.logprobs, r_samples.logprobs, 1e-5, f"{shape} logprobs")
@@ -143,6 +156,10 @@ def main(ckpt_dir: str) -> None:
     close(pg_state.opt_state, r_pg.opt_state, 1e-5, f"{shape} policy update opt_state")
     close(pg_metrics["loss"], r_metrics["loss"], 1e-5, f"{shape} policy loss")
     close(sft_state.params, r_sft.params, 1e-5, f"{shape} sft params")
+    close(v_trained.params, r_vtrained.params, 1e-5, f"{shape} verifier step params")
+    close(v_metrics["loss"], r_vmetrics["loss"], 1e-5, f"{shape} verifier loss")
+    close(v_scores, r_vscores, 1e-5, f"{shape} verifier batched scores")
+    check_sharded(v_trained, sharding.state_specs(v_trained, mesh), mesh, f"{shape} verifier state")
     # The updated states stay sharded by the rules, and the rules really shard.
     specs = sharding.state_specs(pg_state, mesh)
     check_sharded(pg_state, specs, mesh, f"{shape} policy state")
@@ -153,7 +170,7 @@ def main(ckpt_dir: str) -> None:
     assert emb.addressable_shards[0].data.shape == (want_rows, want_cols), emb.sharding
     assert device_bytes(pg_state) == sharding.per_device_bytes(pg_state, specs, shape), (
         device_bytes(pg_state), sharding.per_device_bytes(pg_state, specs, shape))
-    print(f"mesh {shape}: sampler, verifier, policy update, SFT step match one device;"
+    print(f"mesh {shape}: sampler, verifier scoring and training, policy update, SFT step match one device;"
           f" {device_bytes(pg_state)} bytes of state per device"
           f" ({time.perf_counter() - t0:.1f}s)", flush=True)
 

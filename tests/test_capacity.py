@@ -90,6 +90,18 @@ def test_gemma2_2b_plan_matches_the_gemma_library_and_fsdp_arithmetic(plans):
     assert per_device["update_embedding_grad_f32"] == 4 * 4 * c.num_embed * c.embed_dim // fsdp
   assert plans["math_bon32"]["verifier_num_params"] == matrices + vectors + c.embed_dim + 1
   assert plans["math_pass32"]["verifier_num_params"] == 0
+  # The verifier stage's training step: its own params, gradients and AdamW, and the update's
+  # gathered layers and activations for its batch of whole groups split over the batch axes.
+  vcfg, p = _config("math_bon32").verifier, plans["math_bon32"]
+  step, fsdp = p["verifier_step_bytes"], p["mesh_shape"][1]
+  rows, tokens = vcfg.batch_size // fsdp, p["samplers"][0]["P"] + vcfg.max_new_tokens
+  per_token = 3 * c.num_heads * tokens + 5 * c.hidden_dim + 2 * c.embed_dim
+  assert step["verifier_activations_f32"] == 4 * rows * tokens * c.num_layers * per_token
+  assert step["verifier_gathered_layers_f32"] == p["per_device_bytes"]["update_gathered_layers_f32"]
+  assert step["verifier_gradients"] == step["verifier_params"] == p["per_device_bytes"]["verifier_params"]
+  phase = [v for k, v in p["phases"].items() if k.startswith("verifier step")]
+  assert phase == [p["per_device_bytes"]["params"] + sum(step.values())]
+  assert plans["math_pass32"]["verifier_step_bytes"] == {}
 
 
 def test_lora_plan_trains_only_the_adapters():

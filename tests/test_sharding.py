@@ -9,6 +9,7 @@ devices, meshes (8,1,1), (2,4,1), (2,2,2)) and tests/multiprocess_check.py
 (2 processes x 2 devices on localhost, gloo collectives).
 """
 
+import json
 import os
 import socket
 import subprocess
@@ -211,7 +212,8 @@ def test_sharded_programs_match_one_device_on_8_cpu_devices(tmp_path):
   proc = subprocess.run([sys.executable, os.path.join(TESTS, "mesh_parity_check.py"), str(tmp_path)],
                         env=_env(8), cwd=REPO, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stdout + proc.stderr[-5000:]
-  assert "mesh (2, 2, 2): sampler, verifier, policy update, SFT step match one device" in proc.stdout
+  assert ("mesh (2, 2, 2): sampler, verifier scoring and training, policy update, SFT step match one device"
+          in proc.stdout)
 
 
 def _free_port() -> int:
@@ -245,6 +247,53 @@ def test_two_processes_match_one_process(tmp_path):
     assert set(got.files) - {"metric_loss", "metric_reward_mean"} == set(want)
     for name, value in want.items():
       np.testing.assert_allclose(got[name], value, atol=1e-5, err_msg=name)
+
+
+def _files(root) -> dict[str, int]:
+  """{relative path: count} of the files under `root`: an Orbax checkpoint (its files differ with the
+  number of processes) as one entry, TensorBoard event files by directory."""
+  out = {}
+  for d, dirs, names in os.walk(root):
+    rel_dir = os.path.relpath(d, root)
+    if "_CHECKPOINT_METADATA" in names:
+      out[rel_dir + "/"] = 1
+      dirs.clear()
+      continue
+    for name in names:
+      key = os.path.join(rel_dir, "events.out.tfevents.*" if "tfevents" in name else name)
+      out[key] = out.get(key, 0) + 1
+  return out
+
+
+def test_two_processes_run_the_whole_pipeline_like_one(tmp_path):
+  """SFT -> verifier -> BoN-RL-V -> evaluation over 2 processes x 2 CPU devices, sharing one workdir:
+  the same evaluations and comparison as one process on 4 devices, and the same files (one writer)."""
+  script = os.path.join(TESTS, "multiprocess_pipeline_check.py")
+  two, one = tmp_path / "two", tmp_path / "one"
+  port = _free_port()
+  run = lambda args, n: subprocess.Popen([sys.executable, script, *map(str, args)], env=_env(n), cwd=REPO,
+                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  procs = [run((i, 2, port, two), 2) for i in range(2)] + [run((0, 1, 0, one), 4)]
+  try:
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+  finally:
+    for p in procs:
+      p.kill()
+  for p, out in zip(procs, outs):
+    assert p.returncode == 0, out[-5000:]
+  assert "process 1/2 on 4 devices: done" in outs[1]
+  for rel in ("compare.json", "eval/step_2.json", "rl/bon_rl_v/eval/step_2.json", "verifier/report.json"):
+    with open(two / rel) as f, open(one / rel) as g:
+      got, want = json.load(f), json.load(g)
+    if rel == "verifier/report.json":  # Wall time differs; the loss by the reduction order (gloo) only.
+      got["report"].pop("seconds"), want["report"].pop("seconds")
+      np.testing.assert_allclose(got["report"].pop("final_loss"), want["report"].pop("final_loss"), rtol=1e-6)
+    assert json.dumps(got, sort_keys=True) == json.dumps(want, sort_keys=True), rel  # NaN == NaN here.
+  # Process 1 wrote no file of its own: no second runs.jsonl line, metrics line or evaluation.
+  assert _files(two) == _files(one)
+  for rel in ("runs.jsonl", "metrics.jsonl", "rl/bon_rl_v/metrics.jsonl", "verifier/train/metrics.jsonl"):
+    with open(two / rel) as f, open(one / rel) as g:
+      assert len(f.readlines()) == len(g.readlines()), rel
 
 
 def test_jit_sharded_lowers_abstract_arguments_without_running():
