@@ -91,6 +91,9 @@ def prepare_workdir(
 
 
 def _prepare_workdir(config: ml_collections.ConfigDict, workdir: str, fields: tuple[str, ...]) -> None:
+  if "://" in workdir:  # os.makedirs would make a local "gs:" folder and write there silently.
+    raise UserError(f"--workdir={workdir}: URLs are not supported; mount the bucket (e.g. gcsfuse at /gcs/)"
+                    " and pass its local path")
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise UserError(f"--workdir={workdir} exists and is not a directory")
   try:

@@ -7,13 +7,13 @@ a grid) gives one work unit per entry, each with its own workdir.
   # 2 hosts of 8 x H100 on Vertex AI, algorithm x seed sweep (6 work units):
   xmanager launch launch/xm_launch.py -- --xm_wrap_late_bindings \
       --accelerator=h100 --accelerator_count=16 \
-      --config=configs/demo.py --workdir=gs://BUCKET/bon \
+      --config=configs/demo.py --workdir=/gcs/BUCKET/bon \
       --override=rl.N_prime=32 \
       --sweep='{"rl.algorithm": ["rloo", "bon_rl_s"], "seed": [0, 1, 2]}'
 
   # What would be launched, without any cloud call (per-host commands):
   python launch/xm_launch.py --dry_run --accelerator=tpu_v5e \
-      --accelerator_count=16 --config=configs/demo.py --workdir=gs://BUCKET/bon
+      --accelerator_count=16 --config=configs/demo.py --workdir=/gcs/BUCKET/bon
 
 Each host runs ``bash launch/multihost.sh python -m bon_jax.main --config=...
 --workdir=... --config.<key>=<value>...``; multihost.sh fills in the
@@ -57,7 +57,10 @@ _ACCELERATOR = flags.DEFINE_enum("accelerator", "h100", sorted(lp.ACCELERATORS),
 _COUNT = flags.DEFINE_integer("accelerator_count", 8, "Chips (GPUs) per slice; hosts = count / chips per host.")
 _TOPOLOGY = flags.DEFINE_string("topology", "", "TPU slice topology (default: the usual one for the count).")
 _CONFIG = flags.DEFINE_string("config", "configs/demo.py", "Config file, relative to the repository root.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Experiment root (gs://... on a cloud); a sweep gets subfolders.")
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None,
+    "Experiment root: a path every host shares (on Google Cloud a gcsfuse mount, /gcs/BUCKET/...);"
+    " a sweep gets subfolders.")
 _OVERRIDE = flags.DEFINE_multi_string("override", [], "field=value config override for every work unit (repeat).")
 _SWEEP = flags.DEFINE_string("sweep", "", "JSON: a list of override dicts, or a dict of value lists (a grid).")
 _SWEEP_FILE = flags.DEFINE_string("sweep_file", "", "A JSON file holding what --sweep takes.")

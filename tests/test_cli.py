@@ -70,6 +70,13 @@ def test_workdir_that_cannot_be_created_is_one_line_error():
   assert "--workdir=/proc/bon_jax_test/wd cannot be created" in line
 
 
+def test_url_workdir_is_refused_in_one_line_not_written_locally(tmp_path):
+  proc = _run(f"--config={os.path.join(ROOT, 'configs/demo.py')}", "--workdir=gs://bucket/run", cwd=tmp_path)
+  line = _error_line(proc)
+  assert "--workdir=gs://bucket/run: URLs are not supported; mount the bucket" in line
+  assert not (tmp_path / "gs:").exists()
+
+
 def test_tokenizer_that_is_not_sentencepiece_is_one_line_error_and_leaves_no_workdir(tmp_path):
   bad = tmp_path / "tokenizer.model"
   bad.write_text("this is not a sentencepiece model\n")

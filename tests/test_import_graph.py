@@ -15,7 +15,7 @@ LAZY_OK = ("matplotlib", "tensorflow", "tensorflow_datasets", "clu", "math_verif
 # The layers, bottom first: a module may import its own layer's modules and
 # those of lower layers only. Modules not listed belong to "models/data/tasks".
 LAYERS = (
-    ("config", {"config_lib", "defaults"}),
+    ("config", {"config_lib", "defaults", "multihost"}),
     ("models/data/tasks", set()),
     ("bon/sampling", {"bon", "algorithms", "sampling", "evaluate", "report", "validation"}),
     ("trainers", {"trainer_lib", "experiment", "train", "verifier", "rl", "capacity", "compare"}),

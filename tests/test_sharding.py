@@ -5,8 +5,9 @@ programs need a known number of devices, which this pytest process (JAX
 started with the host's devices: one, or 8 when CI sets XLA_FLAGS) cannot
 choose, so they run in subprocesses with
 `--xla_force_host_platform_device_count`: tests/mesh_parity_check.py (8
-devices, meshes (8,1,1), (2,4,1), (2,2,2)) and tests/multiprocess_check.py
-(2 processes x 2 devices on localhost, gloo collectives).
+devices, meshes (8,1,1), (2,4,1), (2,2,2)), tests/multiprocess_check.py (one
+RL step) and tests/multiprocess_pipeline_check.py (the whole pipeline), both
+on 2 processes x 2 devices on localhost, gloo collectives.
 """
 
 import json
