@@ -126,8 +126,9 @@ def run(name: str, programs: tuple[str, ...], preset: str | None) -> dict:
     vstate = trainer_lib.TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=vparams,
                                         opt_state=jax.eval_shape(vopt.init, vparams))
     vstate = sharded_abstract(vstate, mesh, sharding.state_specs(vstate, mesh))
-    g = max(1, vcfg.batch_size // vcfg.num_samples)
-    shape = (g, vcfg.num_samples, p + vcfg.max_new_tokens)
+    # train_verifier's batches: whole groups for the ranking loss, else single sequences.
+    group = vcfg.num_samples if vcfg.get("rank_weight", 0.0) else 1
+    shape = (max(1, vcfg.batch_size // group), group, p + vcfg.max_new_tokens)
     vbatch = {"tokens": jax.ShapeDtypeStruct(shape, jnp.int32,
                                              sharding=jax.sharding.NamedSharding(
                                                  mesh, sharding.batch_spec_for(shape, mesh, groups=True))),
@@ -135,7 +136,8 @@ def run(name: str, programs: tuple[str, ...], preset: str | None) -> dict:
                                              sharding=jax.sharding.NamedSharding(
                                                  mesh, sharding.batch_spec_for(shape[:2], mesh, groups=True)))}
     step = verifier_lib.make_verifier_step(base, vopt, rank_weight=float(vcfg.get("rank_weight", 0.0)),
-                                           pooling=vcfg.get("pooling", "last"), mesh=mesh)
+                                           pooling=vcfg.get("pooling", "last"), mesh=mesh,
+                                           microbatch_groups=int(vcfg.get("microbatch_groups", 0)))
     vparts = plan["verifier_step_bytes"]
     out["programs"]["verifier"] = {"compiled": compiled_bytes(step.lower(vstate, vbatch)),
                                    "plan": sum(vparts.values()), "plan_parts": " + ".join(vparts)}

@@ -240,7 +240,10 @@ def plan(config: ml_collections.ConfigDict, *, num_devices: int | None = None) -
     # One training step of the verifier stage (verifier.make_verifier_step on the mesh): whole
     # groups of num_samples sequences, their rows split over the batch axes.
     vcfg = config.verifier
-    vrows = max(1, vcfg.batch_size // vcfg.num_samples) * vcfg.num_samples
+    group = vcfg.num_samples if vcfg.rank_weight else 1  # BCE alone trains on single sequences.
+    groups = max(1, vcfg.batch_size // group)
+    micro = int(vcfg.get("microbatch_groups", 0))
+    vrows = (micro if 0 < micro < groups else groups) * group  # Sequences live at once.
     vtokens = prompt_len + vcfg.max_new_tokens
     vrows_here = -(-vrows // n_batch) if vrows % n_batch == 0 else vrows
     verifier_step = {
@@ -250,8 +253,17 @@ def plan(config: ml_collections.ConfigDict, *, num_devices: int | None = None) -
         "verifier_gathered_layers_f32": 8 * layer_params,
         "verifier_activations_f32": activations_f32(vrows_here, vtokens),
     }
-    notes.append(f"verifier step: {vrows_here} of {vrows} sequences of {vtokens} tokens per device; gathered"
-                 " layers and activations as in the update (bench/compiled_memory.py)")
+    # The float32 gradient of the embedding table (one shard; a microbatch's and its converted copy
+    # when accumulating), as XLA:CPU's buffers at the step's peak hold it (bench/compiled_memory.py).
+    table = {"embedder": {"input_embedding": jax.ShapeDtypeStruct((vocab, tc.embed_dim), jnp.float32)}}
+    table_shard = sharding.per_device_bytes(table, sharding.param_specs(table, amesh), amesh)
+    verifier_step["verifier_embedding_grad_f32"] = (2 if 0 < micro < groups else 1) * table_shard
+    if 0 < micro < groups:
+      verifier_step["verifier_gradient_accumulator_f32"] = sharding.per_device_bytes(
+          jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, jnp.float32), vparams), vspecs, amesh)
+    notes.append(f"verifier step: {vrows_here} of {vrows} sequences of {vtokens} tokens per device"
+                 f"{f' per microbatch (verifier.microbatch_groups={micro})' if 0 < micro < groups else ''};"
+                 " gathered layers and activations as in the update (bench/compiled_memory.py)")
   samplers = []
   for name, b, n, t in _sampler_shapes(config, stages):
     kv = kv_cache_bytes(tc, batch=b, num_samples=n, prompt_len=prompt_len, max_new_tokens=t,

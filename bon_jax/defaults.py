@@ -185,6 +185,11 @@ def verifier_config() -> ml_collections.ConfigDict:
   c.seed = 0
   c.ks = (1, 2, 4, 8)
   c.prompts_per_batch = 32  # Sampling and scoring chunk (one compiled shape each).
+  # Groups (of num_samples sequences; single sequences when rank_weight = 0) per
+  # gradient-accumulation microbatch of a training step: bounds the activations
+  # live at once. 0 = the whole step in one pass. Same loss and gradient either
+  # way (`verifier.make_verifier_step`); must divide the step's groups.
+  c.microbatch_groups = 0
   # Orbax checkpoints of the training under workdir/verifier/train (0: the last
   # step only); a rerun resumes from the latest, on the samples saved beside it.
   c.checkpoint_every = 200

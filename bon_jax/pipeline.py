@@ -161,7 +161,7 @@ def _verifier_stage(config, workdir, model, base_params, tok, train_set, test_se
 
 
 # config.verifier fields that change how the stage runs, not what it trains.
-_VERIFIER_RUN_ONLY_FIELDS = ("checkpoint_every", "keep_checkpoints")
+_VERIFIER_RUN_ONLY_FIELDS = ("checkpoint_every", "keep_checkpoints", "microbatch_groups")
 
 
 def _verifier_stage_config(verifier: dict[str, Any] | None, train_steps: Any) -> dict[str, Any] | None:

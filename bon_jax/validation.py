@@ -115,6 +115,16 @@ def _validate_pipeline(config: ml_collections.ConfigDict) -> None:
   pooling = config.verifier.pooling
   _require(pooling in ("last", "min"),
            f"config.verifier.pooling must be 'last' or 'min', got {pooling!r}")
+  v = config.verifier
+  mb = v.get("microbatch_groups", 0)
+  _require(isinstance(mb, int) and not isinstance(mb, bool) and mb >= 0,
+           f"config.verifier.microbatch_groups must be an integer >= 0 (0 = one pass), got {mb!r}")
+  if mb and v.steps > 0:
+    # A training step holds batch_size // num_samples whole groups, or batch_size sequences (BCE alone).
+    groups = max(1, v.batch_size // v.num_samples) if v.rank_weight else v.batch_size
+    _require(mb >= groups or groups % mb == 0,
+             f"config.verifier.microbatch_groups={mb} must divide the {groups}"
+             f" {'groups' if v.rank_weight else 'sequences'} of a verifier step")
   for t in config.eval.extra_temperatures:
     _require(isinstance(t, (int, float)) and t > 0,
              f"config.eval.extra_temperatures must hold temperatures > 0, got {t!r}")

@@ -253,9 +253,18 @@ def step_bce_loss(logits: Float["*B L"], labels: Num["*B L"], mask: Num["*B L"])
   return jnp.sum(bce * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
 
+def _loss_counts(batch: dict[str, jax.Array], with_steps: bool) -> dict[str, jax.Array]:
+  """What `make_verifier_step`'s means divide by (each at least 1, as the loss functions clamp)."""
+  pos = jnp.asarray(batch["labels"], jnp.float32) > 0.5
+  pairs = jnp.sum(pos[..., :, None] & ~pos[..., None, :])
+  positions = jnp.sum(jnp.asarray(batch["step_mask"], jnp.float32)) if with_steps else jnp.float32(1)
+  return {"sequences": jnp.float32(pos.size), "pairs": jnp.maximum(pairs, 1).astype(jnp.float32),
+          "positions": jnp.maximum(positions, 1.0)}
+
+
 def make_verifier_step(model: Any, optimizer: optax.GradientTransformation, *, rank_weight: float = 0.0,
                        pooling: str = "last", step_weight: float = 0.0,
-                       mesh: jax.sharding.Mesh | None = None):
+                       mesh: jax.sharding.Mesh | None = None, microbatch_groups: int = 0):
   """Jitted ``(state, batch) -> (state, metrics)``.
 
   ``batch``: ``tokens`` int32[G, N, L] (N samples of each of G prompts),
@@ -268,11 +277,20 @@ def make_verifier_step(model: Any, optimizer: optax.GradientTransformation, *, r
   `score`. With a `bon_jax.sharding` mesh the step is jitted with explicit
   shardings like the policy update: the state by `sharding.state_specs`, the
   batch's prompts (else samples) over the batch axes, metrics replicated.
+
+  ``microbatch_groups = k > 0`` (dividing G) accumulates the gradient over
+  G / k microbatches of k whole groups (a `jax.lax.scan`, float32 sums, one
+  optimizer update): each microbatch adds its share of the whole batch's
+  means (sums over the whole batch's counts of sequences, pairs and labelled
+  positions), so loss, gradient and metrics equal one pass up to float32
+  summation order, with k groups' activations live at a time instead of G.
   """
   if step_weight and pooling != "min":
     raise ValueError("step_weight > 0 trains the head at every position: it needs pooling='min'")
+  if isinstance(microbatch_groups, bool) or not isinstance(microbatch_groups, int) or microbatch_groups < 0:
+    raise ValueError(f"microbatch_groups must be an integer >= 0 (0 = one pass), got {microbatch_groups!r}")
 
-  def loss_fn(params, batch):
+  def loss_fn(params, batch, norm=None):
     # On a mesh every activation of the batch's rows stays split over the batch axes.
     constrain = sharding.rows_constraint(mesh, int(np.prod(batch["tokens"].shape[:-1])))
     if step_weight:
@@ -282,14 +300,52 @@ def make_verifier_step(model: Any, optimizer: optax.GradientTransformation, *, r
     else:
       logits = score(model, params, batch["tokens"], pooling=pooling, constrain=constrain)
       step_bce = jnp.zeros((), jnp.float32)
-    bce = bce_loss(logits, batch["labels"])
-    rank = pairwise_ranking_loss(logits, batch["labels"])
-    acc = jnp.mean((logits > 0) == (batch["labels"] > 0.5))
+    labels = batch["labels"]
+    bce = bce_loss(logits, labels)
+    rank = pairwise_ranking_loss(logits, labels)
+    acc = jnp.mean((logits > 0) == (labels > 0.5))
+    if norm is not None:  # A microbatch: its share of each whole-batch mean.
+      counts = _loss_counts(batch, bool(step_weight))
+      bce, acc = bce * counts["sequences"] / norm["sequences"], acc * counts["sequences"] / norm["sequences"]
+      rank = rank * counts["pairs"] / norm["pairs"]
+      step_bce = step_bce * counts["positions"] / norm["positions"]
     loss = bce + rank_weight * rank + step_weight * step_bce
     return loss, {"loss": loss, "bce": bce, "rank": rank, "step_bce": step_bce, "accuracy": acc}
 
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
   def step(state: trainer_lib.TrainState, batch):
-    (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
+    groups = batch["labels"].shape[0]
+    if not microbatch_groups or microbatch_groups >= groups:
+      (_, metrics), grads = grad_fn(state.params, batch)
+    else:
+      if groups % microbatch_groups:
+        raise ValueError(f"microbatch_groups={microbatch_groups} must divide the step's {groups} groups")
+      norm = _loss_counts(batch, bool(step_weight))
+      c = groups // microbatch_groups
+
+      def split(x):  # [G, ...] -> [C, k, ...]; microbatch i holds groups i, C + i, 2C + i, ...
+        x = jnp.swapaxes(x.reshape(microbatch_groups, c, *x.shape[1:]), 0, 1)
+        if mesh is not None:  # Each microbatch over the batch axes, as a whole batch would be.
+          spec = sharding.batch_spec_for(x.shape[1:], mesh, groups=True)
+          x = jax.lax.with_sharding_constraint(x, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, *spec)))
+        return x
+
+      chunks = jax.tree.map(split, batch)
+
+      def accumulate(carry, chunk):
+        acc, sums = carry
+        (_, m), g = grad_fn(state.params, chunk, norm)
+        return (jax.tree.map(lambda a, x: a + x.astype(jnp.float32), acc, g), jax.tree.map(jnp.add, sums, m)), None
+
+      acc = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
+      if mesh is not None:  # The accumulator laid out like the params (and their gradients).
+        acc = jax.lax.with_sharding_constraint(acc, sharding.named(mesh, sharding.param_specs(state.params, mesh)))
+      first = jax.tree.map(lambda x: x[0], chunks)
+      shapes = jax.eval_shape(lambda p, b: grad_fn(p, b, norm)[0][1], state.params, first)
+      sums = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+      (acc, metrics), _ = jax.lax.scan(accumulate, (acc, sums), chunks)
+      grads = jax.tree.map(lambda a, p: a.astype(p.dtype), acc, state.params)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     metrics["grad_norm"] = optax.tree.norm(grads)
     return trainer_lib.TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates),
@@ -321,6 +377,7 @@ def train_verifier(
     checkpoint_every: int = 0,
     keep_checkpoints: int = 2,
     mesh: jax.sharding.Mesh | None = None,
+    microbatch_groups: int = 0,
 ) -> tuple[Params, list[dict[str, float]]]:
   """BCE (+ within-prompt ranking) training; minibatches are a function of (seed, step).
 
@@ -351,6 +408,9 @@ def train_verifier(
       each step runs on it (`make_verifier_step`); every process must pass
       the same data (minibatches are drawn from it by (seed, step)). None:
       one device.
+    microbatch_groups: gradient accumulation over microbatches of this many
+      groups (single sequences for [M, L] data) per step; see
+      `make_verifier_step`. 0 = one pass.
 
   Returns:
     The trained params and the metrics of the steps this call ran (loss, bce,
@@ -385,7 +445,7 @@ def train_verifier(
     # Sharded before the restore: Orbax restores into these shardings (any mesh shape).
     state = sharding.shard(state, mesh, sharding.state_specs(state, mesh))
   update = make_verifier_step(model, optimizer, rank_weight=rank_weight, pooling=pooling, step_weight=step_weight,
-                              mesh=mesh)
+                              mesh=mesh, microbatch_groups=microbatch_groups)
 
   def step_fn(state, step):
     idx = np.random.default_rng([seed, step]).integers(0, len(labels), size=per_step)
@@ -829,7 +889,7 @@ def run_verifier_stage(
       weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps, rank_weight=rank_weight,
       pooling=pooling, seed=cfg.seed, step_weight=step_weight, step_labels=step_labels,
       step_mask=step_mask, workdir=train_dir, checkpoint_every=cfg.checkpoint_every,
-      keep_checkpoints=cfg.keep_checkpoints, mesh=mesh)
+      keep_checkpoints=cfg.keep_checkpoints, mesh=mesh, microbatch_groups=int(cfg.get("microbatch_groups", 0)))
   report = evaluate_verifier(model, params, held, ks=ks, batch_size=cfg.prompts_per_batch, pooling=pooling,
                              mesh=mesh)
   report["label_mean"] = float(train_data["labels"][: cfg.num_prompts].mean())

@@ -55,6 +55,9 @@ def get_config():
   config.verifier.temperature = 1.0
   config.verifier.max_new_tokens = 512
   config.verifier.batch_size = 64
+  # 8 sequences (one per chip of the 8-chip mesh) of activations at a time: the step's
+  # 64 at once would need ~104 GiB per chip (`--dry_run`, bench/compiled_memory.py).
+  config.verifier.microbatch_groups = 8
   config.verifier.learning_rate = 5e-6  # Full backbone fine-tuning: small steps.
   config.verifier.warmup_steps = 100
   config.verifier.ks = (1, 4, 16, 32)

@@ -133,6 +133,12 @@ def main(ckpt_dir: str) -> None:
            else sharding.shard(v_state, mesh, sharding.state_specs(v_state, mesh)))
     v_trained, v_metrics = jax.block_until_ready(vstep(vst, v_batch))
     v_scores = verifier.score_batched(model, v_trained.params, score_tokens, batch_size=16, mesh=mesh)
+    # Gradient accumulation over microbatches of 2 groups: the same step.
+    vstep_mb = verifier.make_verifier_step(model, optimizer, rank_weight=0.5, mesh=mesh, microbatch_groups=2)
+    vst = (jax.tree.map(jnp.asarray, v_state) if mesh is None
+           else sharding.shard(v_state, mesh, sharding.state_specs(v_state, mesh)))
+    v_mb, _ = jax.block_until_ready(vstep_mb(vst, v_batch))
+    close(v_mb.params, v_trained.params, 1e-5, f"{mesh and mesh.devices.shape} microbatched verifier step")
     print(f"  sample {t1 - t:.1f}s score {t2 - t1:.1f}s update {t3 - t2:.1f}s sft {t4 - t3:.1f}s"
           f" verifier step+scoring {time.perf_counter() - t4:.1f}s")
     return samples, logits, pg_state, pg_metrics, sft_state, (v_trained, v_metrics, v_scores)

@@ -94,9 +94,14 @@ def test_gemma2_2b_plan_matches_the_gemma_library_and_fsdp_arithmetic(plans):
   # gathered layers and activations for its batch of whole groups split over the batch axes.
   vcfg, p = _config("math_bon32").verifier, plans["math_bon32"]
   step, fsdp = p["verifier_step_bytes"], p["mesh_shape"][1]
-  rows, tokens = vcfg.batch_size // fsdp, p["samplers"][0]["P"] + vcfg.max_new_tokens
+  # BCE alone: single sequences, microbatch_groups of them (one per device) live at a time.
+  assert vcfg.rank_weight == 0 and 0 < vcfg.microbatch_groups < vcfg.batch_size
+  rows, tokens = vcfg.microbatch_groups // fsdp, p["samplers"][0]["P"] + vcfg.max_new_tokens
   per_token = 3 * c.num_heads * tokens + 5 * c.hidden_dim + 2 * c.embed_dim
   assert step["verifier_activations_f32"] == 4 * rows * tokens * c.num_layers * per_token
+  assert step["verifier_embedding_grad_f32"] == 2 * 4 * c.num_embed * c.embed_dim // fsdp
+  # float32 sums of the bf16 backbone (the head is float32 already).
+  assert step["verifier_gradient_accumulator_f32"] == 2 * step["verifier_params"] - 4 * (c.embed_dim + 1)
   assert step["verifier_gathered_layers_f32"] == p["per_device_bytes"]["update_gathered_layers_f32"]
   assert step["verifier_gradients"] == step["verifier_params"] == p["per_device_bytes"]["verifier_params"]
   phase = [v for k, v in p["phases"].items() if k.startswith("verifier step")]

@@ -418,3 +418,40 @@ def test_step_loss_is_the_masked_bce_of_the_per_token_head_and_trains_it(model):
     verifier.make_verifier_step(model, optimizer, pooling="last", step_weight=1.0)
   with pytest.raises(ValueError, match="shaped like tokens"):
     verifier.train_verifier(model, params, tokens, labels, steps=1, pooling="min", step_weight=1.0)
+
+
+@pytest.mark.parametrize("pooling,rank_weight,step_weight", [("last", 0.5, 0.0), ("min", 0.5, 0.7)])
+def test_microbatched_step_equals_the_one_pass_step(model, pooling, rank_weight, step_weight):
+  """Gradient accumulation over microbatches of whole groups: the same loss, metrics and update."""
+  rng = np.random.default_rng(3)
+  g, n, length = 8, 4, 12
+  tokens = rng.integers(3, VOCAB, (g, n, length)).astype(np.int32)
+  tokens[:, :, 0] = models.BOS_ID
+  tokens[2, 1, 6:] = 0
+  labels = (rng.random((g, n)) < 0.4).astype(np.float32)
+  labels[0] = 1.0  # A group with no pair, and (below) one with no labelled position: the counts differ.
+  step_mask = (tokens != 0).astype(np.float32) * (rng.random((g, n, length)) < 0.5)
+  step_mask[5] = 0.0
+  batch = {"tokens": tokens, "labels": labels}
+  if step_weight:
+    batch |= {"step_labels": (rng.random((g, n, length)) < 0.5).astype(np.float32), "step_mask": step_mask}
+  params = verifier.init_verifier(model, jax.random.key(1))
+  optimizer = optax.sgd(1.0)  # params - gradient: the update compares the gradients themselves.
+
+  def run(k):
+    own = jax.tree.map(jnp.array, params)  # The step donates its state.
+    state = trainer_lib.TrainState(step=jnp.zeros((), jnp.int32), params=own, opt_state=optimizer.init(own))
+    step = verifier.make_verifier_step(model, optimizer, rank_weight=rank_weight, pooling=pooling,
+                                       step_weight=step_weight, microbatch_groups=k)
+    return jax.device_get(step(state, batch))
+
+  one_state, one = run(0)
+  for k in (1, 2, 4):
+    state, metrics = run(k)
+    for name in ("loss", "bce", "rank", "step_bce", "accuracy", "grad_norm"):
+      assert float(metrics[name]) == pytest.approx(float(one[name]), rel=1e-5, abs=1e-7), (k, name)
+    for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(one_state.params)):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  assert float(one["rank"]) > 0 and (not step_weight or float(one["step_bce"]) > 0)
+  with pytest.raises(ValueError, match="must divide the step's 8 groups"):
+    run(3)
