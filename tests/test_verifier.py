@@ -10,9 +10,11 @@ import optax
 import pytest
 
 from bon_jax import bon
+from bon_jax import config_lib
 from bon_jax import defaults
 from bon_jax import models
 from bon_jax import trainer_lib
+from bon_jax import validation
 from bon_jax import verifier
 from bon_jax.tasks import base as task_lib
 from bon_jax.tasks import registry
@@ -455,3 +457,18 @@ def test_microbatched_step_equals_the_one_pass_step(model, pooling, rank_weight,
   assert float(one["rank"]) > 0 and (not step_weight or float(one["step_bce"]) > 0)
   with pytest.raises(ValueError, match="must divide the step's 8 groups"):
     run(3)
+
+
+@pytest.mark.parametrize("value,expected", [
+    (-1, "microbatch_groups must be an integer >= 0"),
+    (3, "microbatch_groups=3 must divide the 64 sequences of a verifier step"),
+])
+def test_bad_microbatch_groups_is_a_one_line_config_error(value, expected):
+  config = defaults.base_config()
+  config.verifier.steps = 10
+  config.verifier.microbatch_groups = value
+  with pytest.raises(config_lib.UserError, match=expected) as e:
+    validation.validate(config)
+  assert "\n" not in str(e.value)
+  config.verifier.microbatch_groups = 8  # Divides the 64 sequences: accepted.
+  validation.validate(config)
