@@ -223,22 +223,32 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def test_two_processes_match_one_process(tmp_path):
-  """rl_step on a (2,2,1) mesh over 2 processes x 2 CPU devices equals it unsharded here."""
-  import multiprocess_check  # pylint: disable=g-import-not-at-top  (tests/ is on sys.path)
+def _start(script: str, args, num_devices: int) -> subprocess.Popen:
+  return subprocess.Popen([sys.executable, os.path.join(TESTS, script), *map(str, args)], env=_env(num_devices),
+                          cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
-  port = _free_port()
-  procs = [subprocess.Popen(
-      [sys.executable, os.path.join(TESTS, "multiprocess_check.py"), str(i), "2", str(port), str(tmp_path)],
-      env=_env(2), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+
+def _finish(procs: list[subprocess.Popen], timeout: int, meanwhile=lambda: None):
+  """Runs `meanwhile` here, then waits for every process; (its result, their outputs); each must exit 0."""
   try:
-    state, metrics = multiprocess_check.rl_step(None)  # Meanwhile, the reference.
-    outs = [p.communicate(timeout=300)[0] for p in procs]
+    result = meanwhile()
+    outs = [p.communicate(timeout=timeout)[0] for p in procs]
   finally:
     for p in procs:
       p.kill()
   for p, out in zip(procs, outs):
     assert p.returncode == 0, out[-5000:]
+  return result, outs
+
+
+def test_two_processes_match_one_process(tmp_path):
+  """rl_step on a (2,2,1) mesh over 2 processes x 2 CPU devices equals it unsharded here."""
+  import multiprocess_check  # pylint: disable=g-import-not-at-top  (tests/ is on sys.path)
+
+  port = _free_port()
+  procs = [_start("multiprocess_check.py", (i, 2, port, tmp_path), 2) for i in range(2)]
+  # Meanwhile, the reference.
+  (state, metrics), _ = _finish(procs, 300, meanwhile=lambda: multiprocess_check.rl_step(None))
   want = {jax.tree_util.keystr(k): np.asarray(v)
           for k, v in jax.tree_util.tree_leaves_with_path(state.params)}
   for i in range(2):
@@ -269,19 +279,11 @@ def _files(root) -> dict[str, int]:
 def test_two_processes_run_the_whole_pipeline_like_one(tmp_path):
   """SFT -> verifier -> BoN-RL-V -> evaluation over 2 processes x 2 CPU devices, sharing one workdir:
   the same evaluations and comparison as one process on 4 devices, and the same files (one writer)."""
-  script = os.path.join(TESTS, "multiprocess_pipeline_check.py")
+  script = "multiprocess_pipeline_check.py"
   two, one = tmp_path / "two", tmp_path / "one"
   port = _free_port()
-  run = lambda args, n: subprocess.Popen([sys.executable, script, *map(str, args)], env=_env(n), cwd=REPO,
-                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-  procs = [run((i, 2, port, two), 2) for i in range(2)] + [run((0, 1, 0, one), 4)]
-  try:
-    outs = [p.communicate(timeout=600)[0] for p in procs]
-  finally:
-    for p in procs:
-      p.kill()
-  for p, out in zip(procs, outs):
-    assert p.returncode == 0, out[-5000:]
+  procs = [_start(script, (i, 2, port, two), 2) for i in range(2)] + [_start(script, (0, 1, 0, one), 4)]
+  _, outs = _finish(procs, 600)
   assert "process 1/2 on 4 devices: done" in outs[1]
   for rel in ("compare.json", "eval/step_2.json", "rl/bon_rl_v/eval/step_2.json", "verifier/report.json"):
     with open(two / rel) as f, open(one / rel) as g:
