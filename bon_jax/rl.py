@@ -416,23 +416,7 @@ def make_policy_update(
       (_, metrics), grads = grad_fn(state.params, rows)
     else:
       chunks = _microbatches(rows, microbatch_rows, mesh)
-
-      def accumulate(carry, chunk):
-        acc, sums = carry
-        (_, m), g = grad_fn(state.params, chunk)
-        acc = jax.tree.map(lambda a, x: a + x.astype(jnp.float32), acc, g)
-        return (acc, jax.tree.map(jnp.add, sums, m)), None
-
-      acc = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
-      if mesh is not None:  # The accumulator laid out like the params (and their gradients).
-        acc = jax.lax.with_sharding_constraint(
-            acc, sharding.named(mesh, sharding.param_specs(state.params, mesh)))
-      first = jax.tree.map(lambda x: x[0], chunks)
-      shapes = jax.eval_shape(lambda p, r: grad_fn(p, r)[0][1], state.params, first)
-      sums = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-      (acc, metrics), _ = jax.lax.scan(accumulate, (acc, sums), chunks)
-      # The dtypes one pass's gradient has (the params'), as the optimizer state expects.
-      grads = jax.tree.map(lambda a, p: a.astype(p.dtype), acc, state.params)
+      metrics, grads = trainer_lib.accumulate_gradients(grad_fn, state.params, chunks, mesh)
     metrics = {**metrics, **_weight_metrics(rows)}
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)

@@ -27,6 +27,7 @@ from typing import Any
 from absl import logging
 import flax
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 import orbax.checkpoint as ocp
@@ -35,6 +36,7 @@ import tqdm
 from bon_jax import config_lib
 from bon_jax import multihost
 from bon_jax import optim
+from bon_jax import sharding
 
 
 @flax.struct.dataclass
@@ -79,6 +81,34 @@ def _optimizer(learning_rate: float, warmup_steps: int, steps: int, weight_decay
 def policy_optimizer(cfg: ml_collections.ConfigDict, model_cfg: ml_collections.ConfigDict):
   """AdamW of `cfg`, adapters-only under LoRA, moments in ``model.opt_state_dtype``."""
   return optim.for_config(make_optimizer(cfg), model_cfg)
+
+
+def accumulate_gradients(grad_fn: Any, params: Any, chunks: Any, mesh: jax.sharding.Mesh | None = None
+                         ) -> tuple[Any, Any]:
+  """Gradient accumulation inside a jitted step: ``(summed metrics, gradient)`` over microbatches.
+
+  `grad_fn(params, chunk) -> ((loss, metrics), grads)` (a `jax.value_and_grad`
+  with aux); `chunks` stacks the microbatches on a leading axis. A
+  `jax.lax.scan` adds the gradients in float32 (laid out like the params on a
+  `mesh`) and the metrics as they come; the gradient is cast back to the
+  params' dtypes, as one pass would give it to the optimizer. Each chunk's
+  loss must be its share of the whole batch's, so that the sums are the
+  whole batch's values.
+  """
+  def body(carry, chunk):
+    acc, sums = carry
+    (_, metrics), grads = grad_fn(params, chunk)
+    acc = jax.tree.map(lambda a, g: a + g.astype(jnp.float32), acc, grads)
+    return (acc, jax.tree.map(jnp.add, sums, metrics)), None
+
+  acc = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+  if mesh is not None:
+    acc = jax.lax.with_sharding_constraint(acc, sharding.named(mesh, sharding.param_specs(params, mesh)))
+  first = jax.tree.map(lambda x: x[0], chunks)
+  shapes = jax.eval_shape(lambda p, c: grad_fn(p, c)[0][1], params, first)
+  sums = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+  (acc, metrics), _ = jax.lax.scan(body, (acc, sums), chunks)
+  return metrics, jax.tree.map(lambda a, p: a.astype(p.dtype), acc, params)
 
 
 class JsonlWriter:

@@ -54,8 +54,8 @@ import scipy.stats
 from bon_jax import bon
 from bon_jax import input_pipeline
 from bon_jax import models
-from bon_jax import sampling
 from bon_jax import multihost
+from bon_jax import sampling
 from bon_jax import sharding
 from bon_jax import trainer_lib
 from bon_jax.tasks import base as task_lib
@@ -331,21 +331,8 @@ def make_verifier_step(model: Any, optimizer: optax.GradientTransformation, *, r
           x = jax.lax.with_sharding_constraint(x, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, *spec)))
         return x
 
-      chunks = jax.tree.map(split, batch)
-
-      def accumulate(carry, chunk):
-        acc, sums = carry
-        (_, m), g = grad_fn(state.params, chunk, norm)
-        return (jax.tree.map(lambda a, x: a + x.astype(jnp.float32), acc, g), jax.tree.map(jnp.add, sums, m)), None
-
-      acc = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
-      if mesh is not None:  # The accumulator laid out like the params (and their gradients).
-        acc = jax.lax.with_sharding_constraint(acc, sharding.named(mesh, sharding.param_specs(state.params, mesh)))
-      first = jax.tree.map(lambda x: x[0], chunks)
-      shapes = jax.eval_shape(lambda p, b: grad_fn(p, b, norm)[0][1], state.params, first)
-      sums = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-      (acc, metrics), _ = jax.lax.scan(accumulate, (acc, sums), chunks)
-      grads = jax.tree.map(lambda a, p: a.astype(p.dtype), acc, state.params)
+      metrics, grads = trainer_lib.accumulate_gradients(
+          lambda p, chunk: grad_fn(p, chunk, norm), state.params, jax.tree.map(split, batch), mesh)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     metrics["grad_norm"] = optax.tree.norm(grads)
     return trainer_lib.TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates),
