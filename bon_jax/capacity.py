@@ -309,7 +309,7 @@ def plan(config: ml_collections.ConfigDict, *, num_devices: int | None = None) -
   phases = {"resident (params, optimizer, reference, verifier)": resident}
   if verifier_step:
     # The verifier stage holds the SFT policy's params beside the verifier's training state.
-    phases["verifier step (policy params + " + " + ".join(verifier_step) + ")"] = (
+    phases["verifier step (policy params + the verifier step's terms)"] = (
         params_bytes + sum(verifier_step.values()))
   if stages:
     phases["rl sampling (resident + kv_cache_rl)"] = resident + per_device["kv_cache_rl"]
@@ -369,9 +369,13 @@ def format_plan(p: dict[str, Any]) -> str:
         f" {s['N']}, {s['T']}]; KV cache {s['kv_total'] / GIB:.2f} GiB in total,"
         f" {s['kv_per_device'] / GIB:.2f} GiB per device")
   lines.append("per device (most loaded):")
-  width = max(len(k) for k in p["per_device_bytes"])
+  width = max(len(k) for k in [*p["per_device_bytes"], *p["verifier_step_bytes"]])
   for name, value in p["per_device_bytes"].items():
     lines.append(f"  {name:<{width}}  {value / GIB:8.2f} GiB  ({value:,} bytes)")
+  if p["verifier_step_bytes"]:
+    lines.append("the verifier step's terms, per device:")
+    for name, value in p["verifier_step_bytes"].items():
+      lines.append(f"  {name:<{width}}  {value / GIB:8.2f} GiB  ({value:,} bytes)")
   lines.append("peak per device by phase:")
   width = max(len(k) for k in p["phases"])
   for name, value in p["phases"].items():
