@@ -37,15 +37,12 @@ greedy policy being deterministic) and `logprobs_t1` under softmax(logits).
 
 from __future__ import annotations
 
-import contextlib
 import functools
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import flax
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jax.sharding import PartitionSpec as P
 from gemma import gm
 
 from bon_jax import gemma_internals
@@ -241,19 +238,14 @@ def _sample_impl(
   # Prefill once per prompt with gemma's Transformer and KV cache; the logits
   # of the last real prompt token give the first generated token.
   causal = jnp.tril(jnp.ones((p, p), jnp.bool_))
-  mesh = None if rows_sharding is None else rows_sharding.mesh
-  # On a mesh each device prefills only its prompts (every activation split over the batch axes).
-  with _sharded_logits(mesh):
-    out = sharding.apply_rows_split(
-        model,
-        params,
-        prompts,
-        sharding.rows_constraint(mesh, b),
-        cache=model.config.init_cache(batch_size=b, dtype=dtype, cache_length=p),
-        positions=jnp.maximum(jnp.cumsum(valid, axis=-1) - 1, 0),
-        attention_mask=causal[None] & valid[:, None, :],
-        return_last_only=True,
-    )
+  out = model.apply(
+      {"params": params},
+      prompts,
+      cache=model.config.init_cache(batch_size=b, dtype=dtype, cache_length=p),
+      positions=jnp.maximum(jnp.cumsum(valid, axis=-1) - 1, 0),
+      attention_mask=causal[None] & valid[:, None, :],
+      return_last_only=True,
+  )
   # The prompt's keys/values stay one copy per prompt, [B, K, P, H] (the
   # layout the decode-step matmuls read without a transpose); each sample
   # only owns the keys/values of its own tokens, [R, K, S, H].
@@ -336,40 +328,6 @@ _sample = jax.jit(
         "eos_id", "rows_sharding",
     ),
 )
-
-
-@contextlib.contextmanager
-def _sharded_logits(mesh: jax.sharding.Mesh | None):
-  """gemma's `Embedder.decode` (hidden states -> logits) as each device's slice of the product, summed.
-
-  The embedding table is sharded on its embedding dimension (FSDP); left to
-  itself XLA gathers the whole table in float32 on every device to form the
-  prefill's logits (bench/compiled_memory.py: 2 x 2.36 GB at Gemma 2 2B).
-  Here each device multiplies its slice of the hidden states by its slice of
-  the table and one all-reduce sums the small [B, V] products.
-  """
-  if mesh is None:
-    yield
-    return
-
-  def interceptor(next_fun, args, kw, context):
-    if type(context.module).__name__ != "Embedder" or context.method_name != "decode":
-      return next_fun(*args, **kw)
-    table = context.module.input_embedding_table
-    spec = sharding.param_specs({"embedder": {"input_embedding": table}}, mesh)["embedder"]["input_embedding"]
-    v_axis, d_axis = (tuple(spec) + (None, None))[:2]
-    x = args[0]
-    lead = [None] * (x.ndim - 1)
-
-    def local(x, t):
-      y = jnp.einsum("...d,vd->...v", x, t)
-      return y if d_axis is None else jax.lax.psum(y, d_axis)
-
-    return jax.shard_map(local, mesh=mesh, in_specs=(P(*lead, d_axis), spec), out_specs=P(*lead, v_axis),
-                         check_vma=False)(x, table)
-
-  with nn.intercept_methods(interceptor):
-    yield
 
 
 def _decode_weights(params: Params, config) -> dict[str, Any]:
