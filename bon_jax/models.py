@@ -288,7 +288,9 @@ def merge_lora(model: gm.nn.LoRA, params: Params) -> Params:
           einsum_str=eqn, weights_shape=w.shape, rank=a.shape[-1])
       a_str, b_str = lora_eqn.split("->")[0].split(",")[1:]
       w_str = eqn.split("->")[0].split(",")[1]
-      delta = jnp.einsum(f"{a_str},{b_str}->{w_str}", a, b, preferred_element_type=jnp.float32)
+      # In float32 (exact upcast): XLA:CPU has no bf16 x bf16 -> f32 dot once the
+      # adapters are sharded ("Unsupported element type for DotThunk").
+      delta = jnp.einsum(f"{a_str},{b_str}->{w_str}", a.astype(jnp.float32), b.astype(jnp.float32))
       out[weight] = (w.astype(jnp.float32) + delta).astype(w.dtype)
     return out
 

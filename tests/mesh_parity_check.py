@@ -211,6 +211,23 @@ def main(ckpt_dir: str) -> None:
   print(f"evaluation and verifier data on (8, 1, 1), (2, 2, 2): the same graded samples as one device"
         f" ({time.perf_counter() - t0:.1f}s)", flush=True)
 
+  # bfloat16 LoRA adapters sharded like a released checkpoint's weights fold into them (the
+  # sampler's and the verifier's view of a LoRA policy) as on one device, in float32.
+  t0 = time.perf_counter()
+  lora_model = models.make_model(preset="micro", vocab_size=64, lora_rank=4, dtype=jnp.bfloat16)
+  lora_params = models.add_lora(lora_model, host(models.init_params(models.base_model(lora_model),
+                                                                    jax.random.key(8))), jax.random.key(9))
+  lora_params = jax.tree.map(lambda x: x + jnp.asarray(0.1, x.dtype), lora_params)  # B != 0: adapters matter.
+  merge = jax.jit(models.merge_lora, static_argnums=0)
+  ref_merged = merge(lora_model, lora_params)
+  for shape in ((1, 8, 1), (2, 2, 2)):
+    mesh = sharding.make_mesh(shape)
+    merged = merge(lora_model, sharding.shard(lora_params, mesh, sharding.param_specs(lora_params, mesh)))
+    close(jax.tree.map(lambda x: x.astype(jnp.float32), merged),
+          jax.tree.map(lambda x: x.astype(jnp.float32), ref_merged), 0.0, f"{shape} bf16 LoRA merge")
+  print(f"bfloat16 LoRA merge on (1, 8, 1), (2, 2, 2): equal to one device ({time.perf_counter() - t0:.1f}s)",
+        flush=True)
+
   # A checkpoint written on one mesh restores onto others (Orbax reshards).
   t0 = time.perf_counter()
   src = sharding.make_mesh((2, 2, 2))
