@@ -26,6 +26,7 @@ Compiling Gemma 2 2B programs takes minutes of CPU each.
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib
 import json
 import os
@@ -71,13 +72,20 @@ def sharded_abstract(tree, mesh, specs):
                       sharding.named(mesh, specs))
 
 
-def run(name: str, programs: tuple[str, ...], preset: str | None) -> dict:
+def run(name: str, programs: tuple[str, ...], preset: str | None, sets: tuple[str, ...] = ()) -> dict:
   config = importlib.import_module(f"configs.{name}").get_config()
+  for item in sets:  # "rl.max_new_tokens=4": a Python literal into the config.
+    key, value = item.split("=", 1)
+    *path, leaf = key.split(".")
+    node = config
+    for part in path:
+      node = node[part]
+    node[leaf] = ast.literal_eval(value)
   if preset:
     config.model.preset = preset
     if models.PRESETS[preset].vocab_size is None:  # A test-size preset: the task tokenizer's vocabulary.
       config.tokenizer.kind = "task"
-  plan = capacity.plan(config, num_devices=8)
+  plan = capacity.plan(config, num_devices=jax.device_count())
   mesh = sharding.make_mesh(plan["mesh_shape"])
   model = experiment.make_policy(config, _Vocab(plan["vocab_size"]))
   base = models.base_model(model)
@@ -116,7 +124,7 @@ def run(name: str, programs: tuple[str, ...], preset: str | None) -> dict:
     lowered = update.lower(state, ref, batch)
     parts = [k for k in ("params", "optimizer_state", "reference_params", "gradients",
                          "gradient_accumulator_f32", "update_gathered_layers_f32", "update_activations_f32",
-                         "update_logits_f32", "update_embedding_grad_f32") if k in pd]
+                         "update_logits_f32", "update_embedding_grad_f32", "update_embedding_f32") if k in pd]
     out["programs"]["update"] = {"compiled": compiled_bytes(lowered), "plan": sum(pd[k] for k in parts),
                                  "plan_parts": " + ".join(parts)}
   if "verifier" in programs:
@@ -168,12 +176,13 @@ def main() -> None:
   ap.add_argument("--configs", default="math_bon32,math_pass32,humaneval_pass16")
   ap.add_argument("--programs", default=",".join(PROGRAMS))
   ap.add_argument("--preset", default="", help="override config.model.preset (e.g. gemma2_9b)")
+  ap.add_argument("--set", action="append", default=[],
+                  help="config override, a Python literal: --set rl.max_new_tokens=4 --set 'mesh.shape=(1, 2, 1)'")
   ap.add_argument("--out", default="")
   args = ap.parse_args()
-  assert jax.device_count() == 8, jax.devices()
   rows = []
   for name in args.configs.split(","):
-    rows.append(run(name, tuple(args.programs.split(",")), args.preset or None))
+    rows.append(run(name, tuple(args.programs.split(",")), args.preset or None, tuple(args.set)))
     print(render(rows[-1:]), flush=True)
     if args.out:
       with open(args.out, "w") as f:

@@ -79,8 +79,8 @@ def write_fixtures(root: str) -> dict[str, str]:
   return {"math": math_dir, "tokenizer": tok_path, "ckpt": ckpt}
 
 
-def overrides(name: str, fix: dict[str, str], lora_rank: int, dtype: str) -> list[str]:
-  out = [f"--config.model.preset={PRESET}", f"--config.model.dtype={dtype}", f"--config.model.ckpt_path={fix['ckpt']}",
+def overrides(name: str, fix: dict[str, str], lora_rank: int, dtype: str, devices: int) -> list[str]:
+  out = [f"--config.mesh.shape=(1, {devices}, 1)", f"--config.model.preset={PRESET}", f"--config.model.dtype={dtype}", f"--config.model.ckpt_path={fix['ckpt']}",
          f"--config.tokenizer.path={fix['tokenizer']}", f"--config.model.lora_rank={lora_rank}",
          "--config.task.num_train=2", "--config.task.num_test=2",
          "--config.rl.steps=2", "--config.rl.prompts_per_step=1", "--config.rl.N_prime=4",
@@ -99,8 +99,9 @@ def overrides(name: str, fix: dict[str, str], lora_rank: int, dtype: str) -> lis
   return out
 
 
-def run_main(args: list[str], log: str) -> dict:
-  env = dict(os.environ, XLA_FLAGS=os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8",
+def run_main(args: list[str], log: str, devices: int) -> dict:
+  flag = f" --xla_force_host_platform_device_count={devices}"
+  env = dict(os.environ, XLA_FLAGS=os.environ.get("XLA_FLAGS", "") + flag,
              PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
   t0 = time.perf_counter()
   with open(log, "w") as f:
@@ -117,6 +118,9 @@ def main() -> None:
   ap.add_argument("--configs", default="math_bon32,math_pass32,humaneval_pass16")
   ap.add_argument("--lora_rank", type=int, default=16)
   ap.add_argument("--dtype", default="bfloat16", help="config.model.dtype (the checkpoint is bf16)")
+  ap.add_argument("--devices", type=int, default=8,
+                  help="simulated CPU devices = the FSDP axis of the mesh (1, devices, 1); the configs' is 8."
+                       " The simulated devices share the host's RAM: each holds its own gathered layers")
   ap.add_argument("--json", default="")
   args = ap.parse_args()
   os.makedirs(args.dir, exist_ok=True)
@@ -128,13 +132,13 @@ def main() -> None:
     fix = write_fixtures(fix_dir)
   rows = []
   for name in args.configs.split(","):
-    tag = f"{name}_r{args.lora_rank}_{args.dtype}"
+    tag = f"{name}_r{args.lora_rank}_{args.dtype}_d{args.devices}"
     wd = os.path.join(args.dir, tag)
-    cmd = [f"--config=configs/{name}.py", f"--workdir={wd}", *overrides(name, fix, args.lora_rank, args.dtype)]
-    row = {"config": name, "lora_rank": args.lora_rank, "dtype": args.dtype,
+    cmd = [f"--config=configs/{name}.py", f"--workdir={wd}", *overrides(name, fix, args.lora_rank, args.dtype, args.devices)]
+    row = {"config": name, "lora_rank": args.lora_rank, "dtype": args.dtype, "devices": args.devices,
            "command": "python -m bon_jax.main " + " ".join(cmd)}
     for attempt in ("first", "resume"):
-      r = run_main(cmd, os.path.join(args.dir, f"{tag}.{attempt}.log"))
+      r = run_main(cmd, os.path.join(args.dir, f"{tag}.{attempt}.log"), args.devices)
       row[attempt] = r
       print(f"{name} (lora_rank={args.lora_rank}) {attempt}: exit {r['exit']}, {r['seconds']:.0f} s,"
             f" peak RSS {r['peak_rss'] / GiB:.2f} GiB ({r['log']})", flush=True)

@@ -294,11 +294,16 @@ def plan(config: ml_collections.ConfigDict, *, num_devices: int | None = None) -
     chunks = -(-vocab // rl_lib.VOCAB_CHUNK)
     chunk = -(-vocab // chunks)
     per_device["update_logits_f32"] = rows_here * length * chunk * 4
+    table = jax.ShapeDtypeStruct((vocab, tc.embed_dim), jnp.float32)
+    table_f32 = sharding.per_device_bytes(
+        [table], [sharding.param_specs({"embedder": {"input_embedding": table}}, amesh)["embedder"][
+            "input_embedding"]], amesh)
     if not lora_rank:
-      table = jax.ShapeDtypeStruct((vocab, tc.embed_dim), jnp.float32)
-      per_device["update_embedding_grad_f32"] = 4 * sharding.per_device_bytes(
-          [table], [sharding.param_specs({"embedder": {"input_embedding": table}}, amesh)["embedder"][
-              "input_embedding"]], amesh)
+      per_device["update_embedding_grad_f32"] = 4 * table_f32
+    else:
+      # No embedding gradient (frozen: trainer_lib.freeze), but XLA:CPU keeps two
+      # float32 copies of the device's table shard (the lookup's and the decode's).
+      per_device["update_embedding_f32"] = 2 * table_f32
     notes.append(f"update: {rows_here} of {rows} rows per device; update_gathered_layers_f32: every layer's"
                  " weights gathered, float32, W and W^T; update_activations_f32: every layer's saved"
                  f" activations of those rows; update_logits_f32: one float32 [{rows_here}, {length},"
@@ -314,7 +319,8 @@ def plan(config: ml_collections.ConfigDict, *, num_devices: int | None = None) -
   if stages:
     phases["rl sampling (resident + kv_cache_rl)"] = resident + per_device["kv_cache_rl"]
     update = [k for k in ("gradients", "gradient_accumulator_f32", "update_gathered_layers_f32",
-                          "update_activations_f32", "update_logits_f32", "update_embedding_grad_f32")
+                          "update_activations_f32", "update_logits_f32", "update_embedding_grad_f32",
+                          "update_embedding_f32")
               if k in per_device]
     phases[f"rl update (resident + {' + '.join(update)})"] = resident + sum(per_device[k] for k in update)
   phases["eval sampling (params + its KV cache)"] = params_bytes + samplers[-1]["kv_per_device"]

@@ -411,12 +411,15 @@ def make_policy_update(
   def step(state: trainer_lib.TrainState, ref_params, batch):
     rows = _flat_rows(batch)
     norm = _normalisers(rows, batch["tokens"].shape[0])
-    grad_fn = jax.value_and_grad(lambda p, r: rows_loss(p, ref_params, r, norm), has_aux=True)
+    # A LoRA policy: gradients of the adapters only (the frozen weights' are never computed).
+    trainable = models.lora_mask(state.params) if models.is_lora(model) else None
+    grad_fn = jax.value_and_grad(
+        lambda p, r: rows_loss(trainer_lib.freeze(p, trainable), ref_params, r, norm), has_aux=True)
     if not microbatch_rows or microbatch_rows >= rows["tokens"].shape[0]:
       (_, metrics), grads = grad_fn(state.params, rows)
     else:
       chunks = _microbatches(rows, microbatch_rows, mesh)
-      metrics, grads = trainer_lib.accumulate_gradients(grad_fn, state.params, chunks, mesh)
+      metrics, grads = trainer_lib.accumulate_gradients(grad_fn, state.params, chunks, mesh, trainable)
     metrics = {**metrics, **_weight_metrics(rows)}
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)

@@ -83,8 +83,21 @@ def policy_optimizer(cfg: ml_collections.ConfigDict, model_cfg: ml_collections.C
   return optim.for_config(make_optimizer(cfg), model_cfg)
 
 
-def accumulate_gradients(grad_fn: Any, params: Any, chunks: Any, mesh: jax.sharding.Mesh | None = None
-                         ) -> tuple[Any, Any]:
+def freeze(params: Any, trainable: Any | None) -> Any:
+  """`params` with every leaf where `trainable` (a bool pytree like it) is False behind a stop-gradient.
+
+  Their gradient is then a symbolic zero that JAX never computes: for a LoRA
+  policy (`trainable = models.lora_mask(params)`) no gradient of the frozen
+  weights, e.g. a [256128, D] float32 scatter into the embedding table. None
+  = everything trains.
+  """
+  if trainable is None:
+    return params
+  return jax.tree.map(lambda x, t: x if t else jax.lax.stop_gradient(x), params, trainable)
+
+
+def accumulate_gradients(grad_fn: Any, params: Any, chunks: Any, mesh: jax.sharding.Mesh | None = None,
+                         trainable: Any | None = None) -> tuple[Any, Any]:
   """Gradient accumulation inside a jitted step: ``(summed metrics, gradient)`` over microbatches.
 
   `grad_fn(params, chunk) -> ((loss, metrics), grads)` (a `jax.value_and_grad`
@@ -93,22 +106,30 @@ def accumulate_gradients(grad_fn: Any, params: Any, chunks: Any, mesh: jax.shard
   `mesh`) and the metrics as they come; the gradient is cast back to the
   params' dtypes, as one pass would give it to the optimizer. Each chunk's
   loss must be its share of the whole batch's, so that the sums are the
-  whole batch's values.
+  whole batch's values. With a `trainable` mask (see `freeze`) only those
+  leaves are summed; the others' gradient is zero (no float32 sum of them).
   """
+  if trainable is None:
+    trainable = jax.tree.map(lambda _: True, params)
+
   def body(carry, chunk):
     acc, sums = carry
     (_, metrics), grads = grad_fn(params, chunk)
-    acc = jax.tree.map(lambda a, g: a + g.astype(jnp.float32), acc, grads)
+    acc = jax.tree.map(lambda a, g, t: a + g.astype(jnp.float32) if t else a, acc, grads, trainable)
     return (acc, jax.tree.map(jnp.add, sums, metrics)), None
 
-  acc = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+  acc = jax.tree.map(lambda p, t: jnp.zeros(p.shape if t else (), jnp.float32), params, trainable)
   if mesh is not None:
-    acc = jax.lax.with_sharding_constraint(acc, sharding.named(mesh, sharding.param_specs(params, mesh)))
+    specs = jax.tree.map(lambda s, t: s if t else jax.sharding.PartitionSpec(),
+                         sharding.param_specs(params, mesh), trainable,
+                         is_leaf=lambda s: isinstance(s, jax.sharding.PartitionSpec))
+    acc = jax.lax.with_sharding_constraint(acc, sharding.named(mesh, specs))
   first = jax.tree.map(lambda x: x[0], chunks)
   shapes = jax.eval_shape(lambda p, c: grad_fn(p, c)[0][1], params, first)
   sums = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
   (acc, metrics), _ = jax.lax.scan(body, (acc, sums), chunks)
-  return metrics, jax.tree.map(lambda a, p: a.astype(p.dtype), acc, params)
+  return metrics, jax.tree.map(lambda a, p, t: a.astype(p.dtype) if t else jnp.zeros(p.shape, p.dtype),
+                               acc, params, trainable)
 
 
 class JsonlWriter:

@@ -10,6 +10,7 @@ from bon_jax import models
 from bon_jax import optim
 from bon_jax import rl
 from bon_jax import sampling
+from bon_jax import train
 from bon_jax import trainer_lib
 
 VOCAB = 64
@@ -115,6 +116,36 @@ def test_lora_policy_update_trains_only_the_adapters_and_lowers_the_loss(lora):
   changed = [not np.array_equal(b, np.asarray(a))
              for b, a, m in zip(jax.tree.leaves(start), jax.tree.leaves(state.params), mask) if m]
   assert all(changed)
+
+
+def test_lora_update_never_computes_the_frozen_weights_gradient():
+  """A LoRA update holds no gradient (or float32 gradient sum) of the frozen embedding table.
+
+  With a large vocabulary the table dominates: its float32 gradient is a scatter into a
+  [V, D] array (and a second one to sum microbatches). The update must differentiate the
+  adapters only (trainer_lib.freeze), whatever the optimizer later does with the rest.
+  """
+  vocab = 32768
+  model = models.make_model(preset="micro", vocab_size=vocab, lora_rank=RANK)
+  params = models.add_lora(model, jax.jit(models.init_params, static_argnums=0)(
+      models.base_model(model), jax.random.key(0)), jax.random.key(1))
+  opt = optim.finetune(trainer_lib.make_optimizer(_opt_cfg(1e-3)), lora=True)
+  state = jax.eval_shape(lambda p: trainer_lib.TrainState(step=jnp.zeros((), jnp.int32), params=p,
+                                                          opt_state=opt.init(p)), params)
+  batch = {"tokens": jax.ShapeDtypeStruct((2, 2, 12), jnp.int32),
+           "completion_mask": jax.ShapeDtypeStruct((2, 2, 11), jnp.float32),
+           "weights": jax.ShapeDtypeStruct((2, 2), jnp.float32),
+           "sample_mask": jax.ShapeDtypeStruct((2, 2), jnp.float32)}
+  table_f32 = vocab * models.PRESETS["micro"].embed_dim * 4
+  for micro in (0, 2):  # One pass, and gradient accumulation over microbatches.
+    update = rl.make_policy_update(model, opt, microbatch_rows=micro, vocab_chunk=4096)
+    temp = update.lower(state, None, batch).compile().memory_analysis().temp_size_in_bytes
+    assert temp < table_f32 / 2, (micro, temp, table_f32)
+  # The SFT step likewise (one short row: its full-vocabulary logits stay small).
+  sft_batch = {"tokens": jax.ShapeDtypeStruct((1, 4), jnp.int32),
+               "loss_mask": jax.ShapeDtypeStruct((1, 3), jnp.float32)}
+  temp = train.make_sft_step(model, opt).lower(state, sft_batch).compile().memory_analysis().temp_size_in_bytes
+  assert temp < table_f32 / 2, ("sft", temp, table_f32)
 
 
 def test_bfloat16_params_keep_float32_adam_state():
