@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -108,8 +109,11 @@ def run_main(args: list[str], log: str, devices: int) -> dict:
     proc = subprocess.Popen([sys.executable, "-m", "bon_jax.main", *args], cwd=ROOT, env=env,
                             stdout=f, stderr=subprocess.STDOUT)
     _, status, usage = os.wait4(proc.pid, 0)
+  with open(log, errors="replace") as f:  # The pipeline's "stage NAME: S s, peak RSS so far G GiB" lines.
+    stages = [{"stage": m[1], "seconds": float(m[2]), "peak_rss_gib": float(m[3])}
+              for m in re.finditer(r"^stage (.+): ([\d.]+) s, peak RSS so far ([\d.]+) GiB$", f.read(), re.M)]
   return {"seconds": time.perf_counter() - t0, "peak_rss": usage.ru_maxrss * 1024,
-          "exit": os.waitstatus_to_exitcode(status), "log": log}
+          "exit": os.waitstatus_to_exitcode(status), "log": log, "stages": stages}
 
 
 def main() -> None:
@@ -142,6 +146,8 @@ def main() -> None:
       row[attempt] = r
       print(f"{name} (lora_rank={args.lora_rank}) {attempt}: exit {r['exit']}, {r['seconds']:.0f} s,"
             f" peak RSS {r['peak_rss'] / GiB:.2f} GiB ({r['log']})", flush=True)
+      for st in r["stages"]:
+        print(f"  {st['stage']}: {st['seconds']:.0f} s, peak RSS so far {st['peak_rss_gib']:.2f} GiB", flush=True)
       if r["exit"]:
         break
       path = os.path.join(wd, "compare.json")

@@ -28,9 +28,12 @@ Workdir layout::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import resource
+import sys
 import time
 from typing import Any
 
@@ -79,17 +82,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   # One mesh for every stage (None on one device): SFT, the verifier's sampling,
   # each RL stage and every evaluation run on it.
   mesh = sharding.mesh_for_run(config)
-  state = train.train_sft(config, workdir, model=model, tokenizer=tok, train_set=train_set, task=task, mesh=mesh)
+  with _stage("sft"):
+    state = train.train_sft(config, workdir, model=model, tokenizer=tok, train_set=train_set, task=task,
+                            mesh=mesh)
   base_params, final = state.params, config.train.steps
   del state
 
   learned = None
   if config.verifier.steps > 0:
-    vparams = _verifier_stage(config, workdir, model, base_params, tok, train_set, test_set, task, mesh)
+    with _stage("verifier"):
+      vparams = _verifier_stage(config, workdir, model, base_params, tok, train_set, test_set, task, mesh)
     learned = verifier_lib.learned_verifier(models.base_model(model), vparams, tokenizer=tok, task=task,
                                             pooling=config.verifier.pooling, mesh=mesh)
 
-  results = {BASE: _evaluate_all(config, workdir, model, base_params, tok, test_set, final, learned, task, mesh)}
+  with _stage(f"evaluation {BASE}"):
+    results = {BASE: _evaluate_all(config, workdir, model, base_params, tok, test_set, final, learned, task,
+                                   mesh)}
   for name in config.algorithms:
     stage = config_lib.stage_config(config, name)
     stage_dir = os.path.join(workdir, "rl", name)
@@ -97,14 +105,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     sel = learned if stage.rl.verifier == "learned" and not stage.rl.verifier_ckpt else None
     print(f"\nFine-tuning {name!r} ({stage.rl.algorithm}, N'={stage.rl.N_prime}, N={stage.rl.N},"
           f" {stage.rl.steps} steps) in {stage_dir}")
-    rl_state, _ = rl.train_rl(stage, stage_dir, init_params=base_params, problems=train_set,
-                              task=task, verifier=sel, mesh=mesh)
-    results[name] = _evaluate_all(config, stage_dir, model, rl_state.params, tok, test_set,
-                                  stage.rl.steps, learned, task, mesh)
+    with _stage(f"rl {name}"):
+      rl_state, _ = rl.train_rl(stage, stage_dir, init_params=base_params, problems=train_set,
+                                task=task, verifier=sel, mesh=mesh)
+    with _stage(f"evaluation {name}"):
+      results[name] = _evaluate_all(config, stage_dir, model, rl_state.params, tok, test_set,
+                                    stage.rl.steps, learned, task, mesh)
     del rl_state
   if config.algorithms:
     compare.write_comparison(results, workdir, temperature=config.eval.temperature)
   return results
+
+
+@contextlib.contextmanager
+def _stage(name: str):
+  """Prints the stage's wall time and the process's peak RSS so far (bench/paper_configs_e2e.py reads it)."""
+  t0 = time.perf_counter()
+  yield
+  peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+  print(f"stage {name}: {time.perf_counter() - t0:.1f} s, peak RSS so far {peak / 2**30:.2f} GiB", flush=True)
 
 
 def _plain(model: Any, params: Any) -> Any:
