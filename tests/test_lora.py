@@ -140,12 +140,12 @@ def test_lora_update_never_computes_the_frozen_weights_gradient():
   for micro in (0, 2):  # One pass, and gradient accumulation over microbatches.
     update = rl.make_policy_update(model, opt, microbatch_rows=micro, vocab_chunk=4096)
     temp = update.lower(state, None, batch).compile().memory_analysis().temp_size_in_bytes
-    assert temp < table_f32 / 2, (micro, temp, table_f32)
+    assert temp < table_f32, (micro, temp, table_f32)
   # The SFT step likewise (one short row: its full-vocabulary logits stay small).
   sft_batch = {"tokens": jax.ShapeDtypeStruct((1, 4), jnp.int32),
                "loss_mask": jax.ShapeDtypeStruct((1, 3), jnp.float32)}
   temp = train.make_sft_step(model, opt).lower(state, sft_batch).compile().memory_analysis().temp_size_in_bytes
-  assert temp < table_f32 / 2, ("sft", temp, table_f32)
+  assert temp < table_f32, ("sft", temp, table_f32)
 
 
 def test_bfloat16_params_keep_float32_adam_state():
