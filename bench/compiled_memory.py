@@ -124,6 +124,7 @@ def run(name: str, programs: tuple[str, ...], preset: str | None, sets: tuple[st
     lowered = update.lower(state, ref, batch)
     parts = [k for k in ("params", "optimizer_state", "reference_params", "gradients",
                          "gradient_accumulator_f32", "update_gathered_layers_f32", "update_activations_f32",
+                         "update_lora_activations_f32",
                          "update_logits_f32", "update_embedding_grad_f32", "update_embedding_f32") if k in pd]
     out["programs"]["update"] = {"compiled": compiled_bytes(lowered), "plan": sum(pd[k] for k in parts),
                                  "plan_parts": " + ".join(parts)}

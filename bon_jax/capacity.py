@@ -291,6 +291,12 @@ def plan(config: ml_collections.ConfigDict, *, num_devices: int | None = None) -
     rows_here = -(-rows // row_shards)
     per_device["update_gathered_layers_f32"] = 8 * layer_params
     per_device["update_activations_f32"] = activations_f32(rows_here, length + 1)
+    if lora_rank:
+      # The adapters' branch of every kernel (gm.nn.LoRA adds x @ A @ B to the frozen
+      # einsum's output) is saved beside it: q, k and v, attention output, gating, linear.
+      lora_per_token = (tc.num_heads * tc.head_dim + 2 * tc.num_kv_heads * tc.head_dim + 2 * tc.embed_dim
+                        + 2 * tc.hidden_dim)
+      per_device["update_lora_activations_f32"] = 4 * rows_here * (length + 1) * tc.num_layers * lora_per_token
     chunks = -(-vocab // rl_lib.VOCAB_CHUNK)
     chunk = -(-vocab // chunks)
     per_device["update_logits_f32"] = rows_here * length * chunk * 4
@@ -319,8 +325,8 @@ def plan(config: ml_collections.ConfigDict, *, num_devices: int | None = None) -
   if stages:
     phases["rl sampling (resident + kv_cache_rl)"] = resident + per_device["kv_cache_rl"]
     update = [k for k in ("gradients", "gradient_accumulator_f32", "update_gathered_layers_f32",
-                          "update_activations_f32", "update_logits_f32", "update_embedding_grad_f32",
-                          "update_embedding_f32")
+                          "update_activations_f32", "update_lora_activations_f32", "update_logits_f32",
+                          "update_embedding_grad_f32", "update_embedding_f32")
               if k in per_device]
     phases[f"rl update (resident + {' + '.join(update)})"] = resident + sum(per_device[k] for k in update)
   phases["eval sampling (params + its KV cache)"] = params_bytes + samplers[-1]["kv_per_device"]

@@ -121,6 +121,14 @@ def test_lora_plan_trains_only_the_adapters():
   assert p["num_params"] == matrices + vectors + adapters
   # Adapters are replicated: float32 mu and nu of all of them on every device.
   assert 0 <= p["per_device_bytes"]["optimizer_state"] - 2 * 4 * adapters <= 16
+  # The update (bench/compiled_memory.py, LoRA at depth 2: 1.06-1.11x): no embedding gradient,
+  # XLA:CPU's two float32 copies of the table shard, and the adapters' branch outputs saved.
+  pd, fsdp = p["per_device_bytes"], p["mesh_shape"][1]
+  assert "update_embedding_grad_f32" not in pd
+  assert pd["update_embedding_f32"] == 2 * 4 * c.num_embed * d // fsdp
+  rows = config.rl.microbatch_rows // fsdp
+  tokens = config.task.max_prompt_tokens + config.rl.max_new_tokens
+  assert pd["update_lora_activations_f32"] == 4 * rows * tokens * c.num_layers * (nh + 2 * kh + 2 * d + 2 * f)
 
 
 def test_real_configs_without_inputs_name_what_to_download_and_which_field():
