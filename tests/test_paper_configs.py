@@ -6,7 +6,8 @@ Gemma's 256128 pieces and MATH fixture files (bench/paper_configs_e2e.py's), onl
 counts shrunk: restore, SFT (none: the checkpoint is the base), sampling, BoN-aware RL
 with LoRA and microbatching, checkpoints, evaluation, the comparison; then a rerun of
 the same command resumes and redoes nothing. bench/paper_configs_e2e.py runs every
-paper config this way (BENCHMARKS.md).
+paper config this way (BENCHMARKS.md). The run peaks at ~10-11 GiB of RSS (the 256k-entry
+table's float32 copies on XLA:CPU and the compiles).
 """
 
 import importlib.util
