@@ -223,6 +223,11 @@ def lora_mask(params: Params) -> Any:
   )
 
 
+def trainable_mask(model: Any, params: Params) -> Any | None:
+  """What an update trains: `lora_mask` for a LoRA model, None (everything) otherwise."""
+  return lora_mask(params) if is_lora(model) else None
+
+
 def add_lora(model: gm.nn.LoRA, base_params: Params, rng: jax.Array) -> Params:
   """`base_params` (e.g. a loaded checkpoint) with fresh adapters of `model`.
 

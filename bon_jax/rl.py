@@ -412,7 +412,7 @@ def make_policy_update(
     rows = _flat_rows(batch)
     norm = _normalisers(rows, batch["tokens"].shape[0])
     # A LoRA policy: gradients of the adapters only (the frozen weights' are never computed).
-    trainable = models.lora_mask(state.params) if models.is_lora(model) else None
+    trainable = models.trainable_mask(model, state.params)
     grad_fn = jax.value_and_grad(
         lambda p, r: rows_loss(trainer_lib.freeze(p, trainable), ref_params, r, norm), has_aux=True)
     if not microbatch_rows or microbatch_rows >= rows["tokens"].shape[0]:

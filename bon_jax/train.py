@@ -54,7 +54,7 @@ def _cached_sft_step(model: Any, optimizer: optax.GradientTransformation, mesh: 
 
   def step(state: trainer_lib.TrainState, batch: dict[str, jax.Array]):
     # A LoRA policy: gradients of the adapters only (the frozen weights' are never computed).
-    trainable = models.lora_mask(state.params) if models.is_lora(model) else None
+    trainable = models.trainable_mask(model, state.params)
     grad_fn = jax.value_and_grad(lambda p: sft_loss(model, trainer_lib.freeze(p, trainable), batch), has_aux=True)
     (_, metrics), grads = grad_fn(state.params)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
