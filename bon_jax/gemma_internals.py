@@ -25,6 +25,7 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 from typing import Any
 
@@ -54,6 +55,7 @@ try:
   # pylint: disable=g-import-not-at-top
   from gemma.gm.math import _positional_embeddings
   from gemma.gm.nn import _config
+  from gemma.gm.nn import _lora
   from gemma.gm.nn import _modules
   from gemma.peft import _einsum_utils
 except ImportError as e:
@@ -71,8 +73,31 @@ try:
   apply_rope = _positional_embeddings.apply_rope
   # (einsum, weight shape, rank) -> the LoRA einsum peft rewrites a kernel's into.
   get_lora_einsum_str_and_shapes = _einsum_utils.get_lora_einsum_str_and_shapes
-except AttributeError as e:
+  # `Transformer.__call__` without the `nn.jit` gemma wraps it in (see `forward`).
+  _transformer_call = gm.nn.Transformer.__call__.__wrapped__
+  _replace_by_lora = _lora._replace_by_lora  # pylint: disable=protected-access
+  from gemma.peft import ModuleInterceptor  # pylint: disable=g-import-not-at-top
+except (AttributeError, ImportError) as e:
   raise _changed(f"a private symbol is gone ({e})") from e
+
+
+def forward(module: Any, tokens: jax.Array, **kwargs) -> Any:
+  """gemma's forward pass of a bound `Transformer` (or `gm.nn.LoRA`), not jitted.
+
+  Use as ``model.apply(variables, tokens, method=gemma_internals.forward, ...)``:
+  the same computation and `Output` as ``model.apply(variables, tokens, ...)``.
+  gemma's `Transformer.__call__` is an `nn.jit`, whose trace cache is keyed by
+  the module and the arguments only: a trace made under a flax method
+  interceptor (e.g. `sharding.apply_rows_split`'s sharding constraints) would be
+  reused by a later call of the same shapes without it, or with another mesh.
+  Called inside the caller's own `jax.jit`, this traces afresh every time.
+  """
+  if isinstance(module, gm.nn.LoRA):  # LoRA.__call__, around the unjitted forward.
+    replace = functools.partial(_replace_by_lora, rank=module.rank, dtype=module.dtype,
+                                verbose=module.verbose)
+    with ModuleInterceptor(replace):
+      return _transformer_call(module.model, tokens, **kwargs)
+  return _transformer_call(module, tokens, **kwargs)
 
 
 def query_norm(attn: Any) -> Any:
@@ -144,3 +169,13 @@ def check() -> None:
     return module.embedder.encode(tokens)
 
   jax.eval_shape(lambda p: model.apply({"params": p}, method=probe), params)
+
+  # `forward` computes what the jitted `__call__` computes (plain and LoRA).
+  for wrapped in (model, gm.nn.LoRA(model=model, rank=2, dtype=jnp.float32)):
+    variables = wrapped.init(jax.random.key(0), tokens)
+    variables = jax.tree.map(lambda x: x + 0.05, variables)  # LoRA's B starts at 0
+    want = wrapped.apply(variables, tokens).logits
+    got = wrapped.apply(variables, tokens, method=forward).logits
+    if got.shape != want.shape or not jnp.allclose(got, want, atol=1e-5):
+      raise _changed(f"{type(wrapped).__name__}'s forward without Transformer.__call__'s nn.jit"
+                     " computes something else")

@@ -55,3 +55,26 @@ def test_lora_einsum_rewrite_is_the_one_merge_lora_reads():
 def test_attention_types_follow_the_preset():
   config = models.transformer_config("micro", vocab_size=32)
   assert config.attention_types[:2] == (gi.LOCAL_SLIDING, gi.GLOBAL)
+
+
+@pytest.mark.parametrize("lora_rank", [0, 2])
+def test_forward_is_the_jitted_call_and_sees_every_interceptor(lora_rank):
+  # gi.forward computes gemma's Transformer.__call__ without its nn.jit, so a
+  # flax method interceptor (sharding.apply_rows_split's constraints) applies to
+  # the call it wraps and to no later one; gemma's jitted __call__ reuses a
+  # trace whatever interceptor was active when it was made.
+  from flax import linen as nn  # pylint: disable=g-import-not-at-top
+  model = models.make_model(preset="micro", vocab_size=32, lora_rank=lora_rank)
+  tokens = jnp.array([[2, 5, 6, 7], [2, 9, 0, 0]])
+  variables = jax.tree.map(lambda x: x + 0.05, model.init(jax.random.key(0), tokens))
+  plain = model.apply(variables, tokens).logits
+
+  def shift_final_norm(next_fun, args, kwargs, context):
+    out = next_fun(*args, **kwargs)
+    return out + 1.0 if context.module.name == "final_norm" else out
+
+  with nn.intercept_methods(shift_final_norm):
+    shifted = model.apply(variables, tokens, method=gi.forward).logits
+  again = model.apply(variables, tokens, method=gi.forward).logits
+  np.testing.assert_allclose(again, plain, atol=1e-5)
+  assert not np.allclose(shifted, plain, atol=1e-2)
