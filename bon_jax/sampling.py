@@ -235,16 +235,30 @@ def _sample_impl(
   prompt_len = jnp.sum(valid, axis=-1)  # [B]
   dtype = jax.tree.leaves(params)[0].dtype
 
-  # Prefill once per prompt with gemma's Transformer and KV cache; the logits
-  # of the last real prompt token give the first generated token.
+  mesh = None if rows_sharding is None else rows_sharding.mesh
+  unembed = _unembedder(params, model.config, mesh)
+  if mesh is not None:
+    # One copy of the layers' weights gathered over the batch axes (split
+    # over "tensor" only) serves the prefill and the whole decoding loop:
+    # left to XLA, the prefill and the loop each gather their own.
+    params = {k: sharding.gathered_over_batch_axes(v, mesh) if k.startswith("layer_") else v
+              for k, v in params.items()}
+
+  # Prefill once per prompt with gemma's Transformer and KV cache; the last
+  # real prompt token's hidden state gives the first generated token. On a
+  # mesh each device computes its own prompts' activations (else XLA keeps
+  # the FSDP weights in place and computes every prompt on every device).
   causal = jnp.tril(jnp.ones((p, p), jnp.bool_))
-  out = model.apply(
-      {"params": params},
+  out = sharding.apply_rows_split(
+      model,
+      params,
       prompts,
+      sharding.rows_constraint(mesh, b),
       cache=model.config.init_cache(batch_size=b, dtype=dtype, cache_length=p),
       positions=jnp.maximum(jnp.cumsum(valid, axis=-1) - 1, 0),
       attention_mask=causal[None] & valid[:, None, :],
       return_last_only=True,
+      return_hidden_states=True,
   )
   # The prompt's keys/values stay one copy per prompt, [B, K, P, H] (the
   # layout the decode-step matmuls read without a transpose); each sample
@@ -258,8 +272,8 @@ def _sample_impl(
   c = model.config
   zeros = jnp.zeros((rows, c.num_kv_heads, suffix_len, c.head_dim), dtype)
   suffix_kv = rows_on_mesh([(zeros, zeros) for _ in prompt_kv])
-  weights = _decode_weights(params, model.config)
-  logits = rows_on_mesh(jnp.repeat(out.logits, n, axis=0))
+  weights = _decode_weights(params, model.config, as_matrices=mesh is None)
+  logits = rows_on_mesh(jnp.repeat(unembed(out.hidden_states), n, axis=0))
   keys = rows_on_mesh(jax.vmap(
       lambda i: jax.random.split(jax.random.fold_in(rng, i), n)
   )(jnp.arange(b)).reshape(rows))
@@ -287,7 +301,7 @@ def _sample_impl(
 
   def body(s: _DecodeState):
     # Input token t - 1 goes to suffix slot t - 1.
-    logits, suffix_kv = model.apply(
+    hidden, suffix_kv = model.apply(
         {"params": params},
         s.tok,
         s.t - 1,
@@ -297,6 +311,7 @@ def _sample_impl(
         prompt_len,
         method=_decode_step,
     )
+    logits = rows_on_mesh(unembed(hidden))
     tok, done, tokens, lp, lp1 = emit(s.t, logits, s.done, s.tokens, s.lp, s.lp1)
     return _DecodeState(t=s.t + 1, tok=tok, done=done, tokens=tokens, lp=lp, lp1=lp1,
                         suffix_kv=rows_on_mesh(suffix_kv))
@@ -330,33 +345,98 @@ _sample = jax.jit(
 )
 
 
-def _decode_weights(params: Params, config) -> dict[str, Any]:
-  """gemma's kernels reshaped once per call into row-major 2-D matrices.
+def _decode_weights(params: Params, config, *, as_matrices: bool = True) -> dict[str, Any]:
+  """gemma's kernels as the decoding loop reads them.
 
-  Inside the decoding loop gemma's einsums ('BTD,NDH->BTNH', ...) have a
-  contraction axis in the middle of the kernel, which XLA:CPU runs as a naive
-  fused loop several times slower than a library matmul at decoding batch
-  sizes; reshaped once, every projection is a plain `x @ w`.
+  `as_matrices` (one device): reshaped once per call into row-major 2-D
+  matrices. Inside the decoding loop gemma's einsums ('BTD,NDH->BTNH', ...)
+  have a contraction axis in the middle of the kernel, which XLA:CPU runs as a
+  naive fused loop several times slower than a library matmul at decoding
+  batch sizes; reshaped once, every projection is a plain `x @ w`.
+
+  Otherwise (on a mesh) each kernel stays in gemma's layout, as
+  ``(einsum, kernel)`` (`_project`): the reshaped copies would be a second
+  copy of every gathered layer, held through the loop — the whole model
+  twice per device.
   """
   layers = []
   d = config.embed_dim
   for i in range(config.num_layers):
     attn, mlp = params[f"layer_{i}"]["attn"], params[f"layer_{i}"]["mlp"]
-    w = {"out": attn["attn_vec_einsum"]["w"].reshape(-1, d)}  # [N*H, D]
-    if "qkv_einsum" in attn:  # [3, N, D, H] -> [D, 3*N*H]
-      w["qkv"] = attn["qkv_einsum"]["w"].transpose(2, 0, 1, 3).reshape(d, -1)
-    else:  # [N, D, H] -> [D, N*H]; [2, K, D, H] -> [D, 2*K*H]
-      w["q"] = attn["q_einsum"]["w"].transpose(1, 0, 2).reshape(d, -1)
-      w["kv"] = attn["kv_einsum"]["w"].transpose(2, 0, 1, 3).reshape(d, -1)
-    gating = mlp["gating_einsum"]
-    if config.transpose_gating_einsum:  # [2, hidden, D]
-      gating = gating.transpose(0, 2, 1)
-    w["gate"], w["up"], w["down"] = gating[0], gating[1], mlp["linear"]
+    w = {"out": attn["attn_vec_einsum"]["w"].reshape(-1, d),  # [N*H, D], no copy
+         "down": mlp["linear"]}  # [F, D]
+    gating = mlp["gating_einsum"]  # [2, F, D] (transpose_gating_einsum) or [2, D, F]
+    if not as_matrices:
+      if "qkv_einsum" in attn:  # [3, N, D, H]
+        w["qkv"] = ("rd,sndh->rsnh", attn["qkv_einsum"]["w"])
+      else:  # [N, D, H]; [2, K, D, H]
+        w["q"] = ("rd,ndh->rnh", attn["q_einsum"]["w"])
+        w["kv"] = ("rd,skdh->rskh", attn["kv_einsum"]["w"])
+      w["gating"] = ("rd,sfd->rsf" if config.transpose_gating_einsum else "rd,sdf->rsf", gating)
+    else:
+      if "qkv_einsum" in attn:  # [3, N, D, H] -> [D, 3*N*H]
+        w["qkv"] = attn["qkv_einsum"]["w"].transpose(2, 0, 1, 3).reshape(d, -1)
+      else:  # [N, D, H] -> [D, N*H]; [2, K, D, H] -> [D, 2*K*H]
+        w["q"] = attn["q_einsum"]["w"].transpose(1, 0, 2).reshape(d, -1)
+        w["kv"] = attn["kv_einsum"]["w"].transpose(2, 0, 1, 3).reshape(d, -1)
+      if config.transpose_gating_einsum:  # [2, hidden, D]
+        gating = gating.transpose(0, 2, 1)
+      w["gate"], w["up"] = gating[0], gating[1]
     layers.append(w)
-  return {
-      "layers": layers,
-      "unembed": params["embedder"]["input_embedding"].T,  # [D, V]
-  }
+  return {"layers": layers}
+
+
+def _project(x: jax.Array, w: Any) -> jax.Array:
+  """[R, D] x one of `_decode_weights`' weights -> [R, outputs] (in the matrix's column order)."""
+  if isinstance(w, tuple):
+    spec, kernel = w
+    return jnp.einsum(spec, x, kernel).reshape(x.shape[0], -1)
+  return x @ w
+
+
+def _unembedder(params: Params, config, mesh):
+  """final-normed hidden [rows, D] -> soft-capped logits [rows, V].
+
+  On a mesh (rows over the batch axes, `sharding.BATCH_AXES`) the logits
+  are vocabulary-parallel, written out with `jax.shard_map`: the table
+  [V, D], split ("tensor", "fsdp") as `sharding.param_specs` lays it out, is
+  re-split by one all-to-all over "fsdp" into whole rows of a slice of the
+  vocabulary (and that sliced again over "data"), each device multiplies
+  every row's hidden state ([rows, D], gathered: small) by its slice, and
+  two all-to-alls and a gather over "tensor" hand each device its own rows'
+  full logits. Left to XLA's partitioner, the FSDP table (split on D) makes
+  each device compute partial logits of every row, all-reduced ([rows, V]
+  in float32 per device), or gathers the whole table (as float32 on CPU).
+  Without a mesh, or when the shapes do not divide, it is `hidden @ table.T`.
+  """
+  table = params["embedder"]["input_embedding"]  # [V, D]
+  cap = config.final_logit_softcap
+
+  def logits_of(h, w):  # [r, D] x [v, D] -> [r, v]
+    logits = h @ w.T
+    return logits if cap is None else jnp.tanh(logits / cap) * cap
+
+  if mesh is None:
+    return lambda hidden: logits_of(hidden, table)
+  d, f, t = (mesh.shape[a] for a in sharding.AXES)
+  vocab, dim = table.shape
+  if vocab % (d * f * t) or dim % f:
+    return lambda hidden: logits_of(hidden, table)
+
+  def local(h, w):
+    # h: this device's rows [rows / (d f), D]; w: its table block [V / t, D / f].
+    w = jax.lax.all_to_all(w, "fsdp", 0, 1, tiled=True)  # [V / (t f), D]
+    w = jax.lax.dynamic_slice_in_dim(w, jax.lax.axis_index("data") * (w.shape[0] // d), w.shape[0] // d)
+    h = jax.lax.all_gather(h, ("data", "fsdp"), axis=0, tiled=True)  # [rows, D]
+    logits = logits_of(h, w)  # [rows, V / (t f d)]: vocabulary order (t, f, d)
+    logits = jax.lax.all_to_all(logits, "data", 0, 1, tiled=True)  # [rows / d, V / (t f)]
+    logits = jax.lax.all_to_all(logits, "fsdp", 0, 1, tiled=True)  # [rows / (d f), V / t]
+    return jax.lax.all_gather(logits, "tensor", axis=1, tiled=True)  # [rows / (d f), V]
+
+  P = jax.sharding.PartitionSpec
+  fn = jax.shard_map(local, mesh=mesh, in_specs=(P(sharding.BATCH_AXES, None), P("tensor", "fsdp")),
+                     out_specs=P(sharding.BATCH_AXES, None), check_vma=False)
+  return lambda hidden: logits_of(hidden, table) if hidden.shape[0] % (d * f) else fn(hidden, table)
 
 
 def _decode_step(
@@ -386,7 +466,8 @@ def _decode_step(
       prompt_len + u).
 
   Returns:
-    float32[R, V] next-token logits and the updated `suffix_kv`.
+    The final-normed hidden states [R, D] (`_unembedder` makes the logits)
+    and the updated `suffix_kv`.
   """
   x = module.embedder.encode(tokens)  # [R, D]
   new_kv = []
@@ -401,15 +482,15 @@ def _decode_step(
       h = block.post_attention_norm(h)
     x = x + h
     h = block.pre_ffw_norm(x)
-    h = (jax.nn.gelu(h @ w["gate"]) * (h @ w["up"])) @ w["down"]
+    if "gating" in w:
+      gate, up = jnp.split(_project(h, w["gating"]), 2, axis=-1)
+    else:
+      gate, up = h @ w["gate"], h @ w["up"]
+    h = (jax.nn.gelu(gate) * up) @ w["down"]
     if block.post_ffw_norm is not None:
       h = block.post_ffw_norm(h)
     x = x + h
-  logits = module.final_norm(x) @ weights["unembed"]
-  cap = module.config.final_logit_softcap
-  if cap is not None:
-    logits = jnp.tanh(logits / cap) * cap
-  return logits, new_kv
+  return module.final_norm(x), new_kv
 
 
 def _shared_prompt_attention(
@@ -445,10 +526,10 @@ def _shared_prompt_attention(
   r, s = sk.shape[0], sk.shape[2]
   n, g = r // b, attn.num_heads // kh
   if "qkv" in w:
-    q, k, v = (x @ w["qkv"]).reshape(r, 3, 1, -1, hd).transpose(1, 0, 2, 3, 4)
+    q, k, v = _project(x, w["qkv"]).reshape(r, 3, 1, -1, hd).transpose(1, 0, 2, 3, 4)
   else:
-    q = (x @ w["q"]).reshape(r, 1, -1, hd)
-    k, v = (x @ w["kv"]).reshape(r, 2, 1, kh, hd).transpose(1, 0, 2, 3, 4)
+    q = _project(x, w["q"]).reshape(r, 1, -1, hd)
+    k, v = _project(x, w["kv"]).reshape(r, 2, 1, kh, hd).transpose(1, 0, 2, 3, 4)
   if attn.use_qk_norm:
     q = gemma_internals.query_norm(attn)(q)
     k = gemma_internals.key_norm(attn)(k)

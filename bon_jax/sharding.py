@@ -80,6 +80,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import AbstractMesh, AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from bon_jax import config_lib
+from bon_jax import gemma_internals
 
 AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
@@ -473,6 +474,25 @@ def rows_constraint(mesh: Mesh | None, rows: int) -> Callable[[jax.Array], jax.A
   return constrain
 
 
+def gathered_over_batch_axes(tree: PyTree, mesh: Mesh) -> PyTree:
+  """`tree` (laid out by `param_specs`) constrained to its specs without the batch axes.
+
+  Each device then holds whole parameters but for their "tensor" split: what
+  a computation whose rows are split over ("data", "fsdp") needs (FSDP's
+  all-gather), written once so that several computations share the copy.
+  """
+  def drop_batch_axes(spec: P) -> P:
+    def keep(entry):
+      if entry is None or isinstance(entry, str):
+        return None if entry in BATCH_AXES else entry
+      kept = tuple(a for a in entry if a not in BATCH_AXES)
+      return kept[0] if len(kept) == 1 else (kept or None)
+    return P(*(keep(e) for e in spec))
+
+  specs = jax.tree.map(drop_batch_axes, param_specs(tree, mesh), is_leaf=lambda x: isinstance(x, P))
+  return jax.lax.with_sharding_constraint(tree, named(mesh, specs))
+
+
 def apply_rows_split(model: Any, params: PyTree, tokens: jax.Array,
                      constrain: Callable[[jax.Array], jax.Array] | None, **kwargs) -> Any:
   """``model.apply({"params": params}, tokens, **kwargs)``, every activation of the rows split.
@@ -484,6 +504,10 @@ def apply_rows_split(model: Any, params: PyTree, tokens: jax.Array,
   the rows' activations (and logits) and all-reduces them
   (bench/compiled_memory.py found a whole microbatch's float32 logits on
   every device). With it, each layer's weights are gathered instead.
+
+  The split call runs gemma's forward without its own `nn.jit`
+  (`gemma_internals.forward`): that jit's trace cache ignores interceptors, so
+  the constraints of one mesh would leak into a later call without them.
   """
   if constrain is None:
     return model.apply({"params": params}, tokens, **kwargs)
@@ -496,7 +520,7 @@ def apply_rows_split(model: Any, params: PyTree, tokens: jax.Array,
         lambda x: constrain(x) if isinstance(x, jax.Array) and x.ndim >= 2 and x.shape[0] == rows else x, out)
 
   with nn.intercept_methods(interceptor):
-    return model.apply({"params": params}, tokens, **kwargs)
+    return model.apply({"params": params}, tokens, method=gemma_internals.forward, **kwargs)
 
 
 def _specs_of(kind: str, tree: PyTree, mesh: Mesh) -> PyTree:

@@ -88,6 +88,10 @@ def main(ckpt_dir: str) -> None:
   rng = np.random.default_rng(0)
   prompts = rng.integers(3, 512, (B, 5)).astype(np.int32)
   prompts[1, 3:] = 0  # Prompts of different lengths in one batch.
+  # Eight prompts: their prefill is split over the batch axes of every mesh (4 only on (2, 2, 2)).
+  prompts8 = rng.integers(3, 512, (8, 7)).astype(np.int32)
+  prompts8[2, 4:] = 0
+  prompts8[5, 2:] = 0
   tokens = rng.integers(3, 512, (B, 2, L)).astype(np.int32)
   tokens[:, :, 0] = models.BOS_ID
   tokens[0, 1, 9:] = 0
@@ -117,7 +121,9 @@ def main(ckpt_dir: str) -> None:
     t = time.perf_counter()
     samples = sampling.sample(model, st.params, prompts, jax.random.key(1), num_samples=N,
                               max_new_tokens=T, temperature=1.0, mesh=mesh)
-    jax.block_until_ready(samples)
+    samples8 = sampling.sample(model, st.params, prompts8, jax.random.key(2), num_samples=2,
+                               max_new_tokens=T, temperature=1.0, mesh=mesh)
+    jax.block_until_ready((samples, samples8))
     t1 = time.perf_counter()
     logits = jax.block_until_ready(verifier.score(model, vparams, score_tokens, mesh=mesh))
     t2 = time.perf_counter()
@@ -141,7 +147,7 @@ def main(ckpt_dir: str) -> None:
     close(v_mb.params, v_trained.params, 1e-5, f"{mesh and mesh.devices.shape} microbatched verifier step")
     print(f"  sample {t1 - t:.1f}s score {t2 - t1:.1f}s update {t3 - t2:.1f}s sft {t4 - t3:.1f}s"
           f" verifier step+scoring {time.perf_counter() - t4:.1f}s")
-    return samples, logits, pg_state, pg_metrics, sft_state, (v_trained, v_metrics, v_scores)
+    return (samples, samples8), logits, pg_state, pg_metrics, sft_state, (v_trained, v_metrics, v_scores)
 
   t0 = time.perf_counter()
   ref = run_all(None)
@@ -152,10 +158,12 @@ def main(ckpt_dir: str) -> None:
     mesh = sharding.make_mesh(shape)
     samples, logits, pg_state, pg_metrics, sft_state, (v_trained, v_metrics, v_scores) = run_all(mesh)
     r_samples, r_logits, r_pg, r_metrics, r_sft, (r_vtrained, r_vmetrics, r_vscores) = ref
-    np.testing.assert_array_equal(np.asarray(samples.tokens), np.asarray(r_samples.tokens), f"{shape} tokens")
-    np.testing.assert_array_equal(np.asarray(samples.lengths), np.asarray(r_samples.lengths))
-    close(samples.logprobs, r_samples.logprobs, 1e-5, f"{shape} logprobs")
-    close(samples.logprobs_t1, r_samples.logprobs_t1, 1e-5, f"{shape} logprobs_t1")
+    (samples, samples8), (r_samples, r_samples8) = samples, r_samples
+    for got, want, what in ((samples, r_samples, "4 prompts"), (samples8, r_samples8, "8 prompts")):
+      np.testing.assert_array_equal(np.asarray(got.tokens), np.asarray(want.tokens), f"{shape} {what} tokens")
+      np.testing.assert_array_equal(np.asarray(got.lengths), np.asarray(want.lengths))
+      close(got.logprobs, want.logprobs, 1e-5, f"{shape} {what} logprobs")
+      close(got.logprobs_t1, want.logprobs_t1, 1e-5, f"{shape} {what} logprobs_t1")
     assert samples.tokens.sharding.mesh == mesh
     close(logits, r_logits, 1e-5, f"{shape} verifier logits")
     close(pg_state.params, r_pg.params, 1e-5, f"{shape} policy update params")
