@@ -109,8 +109,9 @@ def run(name: str, programs: tuple[str, ...], preset: str | None, sets: tuple[st
                        jnp.float32(1.0), jnp.float32(1.0))
     out["programs"]["sampler"] = {
         "compiled": compiled_bytes(lowered),
-        "plan": sharding.per_device_bytes(plain, sharding.param_specs(plain, mesh), mesh) + pd["kv_cache_rl"],
-        "plan_parts": "params (merged, plain) + kv_cache_rl"}
+        "plan": (sharding.per_device_bytes(plain, sharding.param_specs(plain, mesh), mesh) + pd["kv_cache_rl"]
+                 + pd["sampler_gathered_layers_f32"] + pd["sampler_unembed_f32"]),
+        "plan_parts": "params (merged, plain) + kv_cache_rl + sampler_gathered_layers_f32 + sampler_unembed_f32"}
   if "update" in programs:
     update = rl.make_policy_update(model, optimizer, kl_coef=float(stage.kl_coef),
                                    entropy_coef=float(stage.entropy_coef), temperature=float(stage.temperature),

@@ -271,6 +271,20 @@ def plan(config: ml_collections.ConfigDict, *, num_devices: int | None = None) -
     samplers.append({"name": name, "B": b, "N": n, "P": prompt_len, "T": t,
                      "kv_total": kv["total"], "kv_per_device": kv["per_device"]})
   notes.append(f"P = {prompt_len} prompt tokens ({prompt_src})")
+  # The sampler's working set, as XLA:CPU compiles `sampling.sample` on the mesh: its rows are
+  # split over the batch axes, so every layer's weights are gathered over them once
+  # (`sharding.gathered_over_batch_axes`, split over `tensor` only), for the prefill and the
+  # whole decoding loop (`sampling._decode_weights(as_matrices=False)`): one copy of every
+  # layer, float32 on XLA:CPU (bfloat16 on TPU / GPU: half). The logits are
+  # vocabulary-parallel (`sampling._unembedder`): three float32 copies of a device's slice of
+  # the table (its bfloat16 -> float32 conversion, all-to-all and transpose).
+  sizes = dict(zip(sharding.AXES, mesh_shape))
+  vocab_split = math.prod(sizes.values())
+  if vocab % vocab_split or tc.embed_dim % sizes["fsdp"]:
+    vocab_split = 1
+  per_device["sampler_gathered_layers_f32"] = 4 * layer_params // sizes["tensor"]
+  per_device["sampler_unembed_f32"] = 3 * 4 * tc.embed_dim * vocab // vocab_split
+  sampler_terms = per_device["sampler_gathered_layers_f32"] + per_device["sampler_unembed_f32"]
   if stages:
     rl = stages[0]
     rows = rl.prompts_per_step * (rl.N_prime + algorithms.get(rl.algorithm).expert)
@@ -323,13 +337,15 @@ def plan(config: ml_collections.ConfigDict, *, num_devices: int | None = None) -
     phases["verifier step (policy params + the verifier step's terms)"] = (
         params_bytes + sum(verifier_step.values()))
   if stages:
-    phases["rl sampling (resident + kv_cache_rl)"] = resident + per_device["kv_cache_rl"]
+    phases["rl sampling (resident + kv_cache_rl + sampler_*)"] = (
+        resident + per_device["kv_cache_rl"] + sampler_terms)
     update = [k for k in ("gradients", "gradient_accumulator_f32", "update_gathered_layers_f32",
                           "update_activations_f32", "update_lora_activations_f32", "update_logits_f32",
                           "update_embedding_grad_f32", "update_embedding_f32")
               if k in per_device]
     phases[f"rl update (resident + {' + '.join(update)})"] = resident + sum(per_device[k] for k in update)
-  phases["eval sampling (params + its KV cache)"] = params_bytes + samplers[-1]["kv_per_device"]
+  phases["eval sampling (params + its KV cache + sampler_*)"] = (
+      params_bytes + samplers[-1]["kv_per_device"] + sampler_terms)
   return {
       "preset": config.model.preset,
       "mesh_shape": mesh_shape,

@@ -182,5 +182,25 @@ def test_microbatched_update_is_what_the_compiled_update_holds(plans):
     assert total == resident + sum(p["per_device_bytes"][k] for k in parts), name
   # The compiled program's own state (bench/compiled_memory.py's plan parts: no verifier).
   pd = plans["math_bon32"]["per_device_bytes"]
-  total = sum(v for k, v in pd.items() if k not in ("verifier_params", "kv_cache_rl"))
+  total = sum(v for k, v in pd.items()
+              if k not in ("verifier_params", "kv_cache_rl") and not k.startswith("sampler_"))
   assert abs(total / capacity.GIB / 34.95 - 1) < 0.2
+
+
+def test_sampler_phase_is_what_the_compiled_sampler_holds(plans):
+  """bench/compiled_memory.py compiled math_bon32's RL sampler at Gemma 2 2B shape on
+  its (1, 8, 1) mesh of simulated devices: 13.79 GiB per device (XLA:CPU). The plan's
+  sampling phase must stay within 20 % of it and be the sum of the terms it names.
+  """
+  p = plans["math_bon32"]
+  pd = p["per_device_bytes"]
+  (phase, total), = [(k, v) for k, v in p["phases"].items() if k.startswith("rl sampling")]
+  resident = p["phases"]["resident (params, optimizer, reference, verifier)"]
+  assert total == resident + pd["kv_cache_rl"] + pd["sampler_gathered_layers_f32"] + pd["sampler_unembed_f32"]
+  # One float32 copy of every layer (gathered, for the prefill and the loop), not split over
+  # fsdp; the table's float32 copies are split over all 8 devices.
+  c = gm.nn.Gemma2_2B.config
+  assert pd["sampler_gathered_layers_f32"] > 4 * c.num_layers * c.embed_dim * c.hidden_dim * 3
+  assert pd["sampler_unembed_f32"] == 3 * 4 * c.embed_dim * c.num_embed // 8
+  program = pd["params"] + pd["kv_cache_rl"] + pd["sampler_gathered_layers_f32"] + pd["sampler_unembed_f32"]
+  assert abs(program / capacity.GIB / 13.79 - 1) < 0.2
