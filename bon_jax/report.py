@@ -128,14 +128,15 @@ def paired(values: np.ndarray, base: np.ndarray) -> dict[str, float]:
   seed_means = d.mean(1)
   half_seeds = (scipy.stats.t.ppf(0.975, s - 1) * seed_means.std(ddof=1) / math.sqrt(s)) if s > 1 else float("nan")
   mean = float(per_prompt.mean())
-  sig = (abs(mean) > half_prompts) and (s > 1 and abs(mean) > half_seeds)
+  # One seed: significance over prompts only (there is no interval over seeds).
+  sig = (abs(mean) > half_prompts) and (s == 1 or abs(mean) > half_seeds)
   return {"mean": mean, "ci_prompts": float(half_prompts), "ci_seeds": float(half_seeds),
           "seed_means": seed_means.tolist(), "significant": bool(sig)}
 
 
 def _fmt_delta(st: dict[str, float]) -> str:
-  return (f"{100 * st['mean']:+.1f} ±{100 * st['ci_prompts']:.1f} (seeds ±{100 * st['ci_seeds']:.1f})"
-          + (" *" if st["significant"] else ""))
+  seeds = "" if math.isnan(st["ci_seeds"]) else f" (seeds ±{100 * st['ci_seeds']:.1f})"
+  return f"{100 * st['mean']:+.1f} ±{100 * st['ci_prompts']:.1f}{seeds}" + (" *" if st["significant"] else "")
 
 
 def build(workdirs: Sequence[str]) -> str:
@@ -152,9 +153,13 @@ def build(workdirs: Sequence[str]) -> str:
         if t in r[p] and r[p][t]["prompt_ids"] != ids:
           raise ValueError(f"policy {p!r} at T={t} was evaluated on other prompts; cannot pair")
     cols = metric_columns(base0, _target(workdirs[0]))
+    legend = ("Mean over seeds (per-seed means in brackets); Δ = paired difference to the seed's own"
+              f" `{BASE}` policy, ± 95% interval over prompts (seeds: t-interval over seeds); * = both exclude 0."
+              if len(runs) > 1 else
+              f"One seed; Δ = paired difference to its `{BASE}` policy, ± 95% interval over prompts;"
+              " * = the interval excludes 0.")
     lines += [f"### T = {t:g}: {len(ids)} held-out prompts, n = {base0['num_samples']} samples each", "",
-              "Mean over seeds (per-seed means in brackets); Δ = paired difference to the seed's own"
-              f" `{BASE}` policy, ± 95% interval over prompts (seeds: t-interval over seeds); * = both exclude 0.",
+              legend,
               "", "| policy | " + " | ".join(f"{c[0]} | Δ{c[0].split(' ')[0]}" for c in cols) + " |",
               "|---|" + "---|---|" * len(cols)]
     stacks = {}

@@ -60,6 +60,17 @@ def test_report_pools_seeds_per_policy_and_difficulty(tmp_path):
   assert "1 answer (1)" in text and "8+ answers (1)" in text and "level 2 (2)" in text
 
 
+def test_one_seed_is_judged_over_prompts_and_prints_no_seed_interval(tmp_path):
+  base = [[0.2, 0.5], [0.0, 0.0], [0.6, 1.0], [0.4, 0.5]]
+  tuned = [[0.9, 1.0], [0.8, 1.0], [1.0, 1.0], [0.9, 1.0]]
+  st = report.paired(np.array([[r[0] for r in tuned]]), np.array([[r[0] for r in base]]))
+  assert math.isnan(st["ci_seeds"]) and st["significant"]
+  text = report.build([_seed(tmp_path, "s0", base, tuned)])
+  row = next(l for l in text.splitlines() if l.startswith("| bon_rl_s |"))
+  assert "nan" not in text and "seeds ±" not in row and " *" in row
+  assert "One seed" in text
+
+
 def test_report_refuses_policies_evaluated_on_other_prompts(tmp_path):
   wd = _seed(tmp_path, "s0", [[0.1, 0.2]] * 2, [[0.1, 0.2]] * 2)
   _write_eval(os.path.join(wd, "rl", "bon_rl_s", "eval", "step_10.json"), [[0.1, 0.2]] * 2, ids=["x", "y"])
