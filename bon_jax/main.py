@@ -8,6 +8,10 @@ r"""Command-line entry point.
 
   python -m bon_jax.main --config=configs/math_bon32.py --dry_run
 
+With `--dry_run_compile=sampler,update,verifier` it also compiles those
+programs at full shape on the mesh (abstract arguments: nothing allocated)
+and prints XLA's per-device memory beside the plan's (bon_jax/compiled.py).
+
 Config fields are overridden with `--config.<path>=<value>`. Problems with the
 input (unknown or ill-typed fields, missing paths, a workdir that belongs to
 another run) are reported as one `error: ...` line and exit status 2.
@@ -58,6 +62,7 @@ import ml_collections
 from ml_collections import config_flags
 
 from bon_jax import capacity
+from bon_jax import compiled
 from bon_jax import config_lib
 from bon_jax import pipeline
 from bon_jax import sharding
@@ -76,6 +81,11 @@ _DRY_RUN = flags.DEFINE_bool(
 _DRY_RUN_DEVICES = flags.DEFINE_integer(
     "dry_run_devices", None, "The device count that resolves a -1 in config.mesh.shape for"
     " --dry_run (default: this host's devices).")
+_DRY_RUN_COMPILE = flags.DEFINE_list(
+    "dry_run_compile", [], "With --dry_run: also compile (never run) these programs at the config's"
+    " full shapes on its mesh and print XLA's per-device memory beside the plan's (bon_jax/compiled.py):"
+    " any of sampler, update, verifier. Needs the mesh's devices (on CPU: XLA_FLAGS="
+    "--xla_force_host_platform_device_count=N); Gemma 2 2B's update takes tens of minutes to compile on CPU.")
 flags.mark_flags_as_required(["config"])
 
 
@@ -150,9 +160,17 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   logging.set_verbosity(logging.WARNING)
+  if _DRY_RUN_COMPILE.value and not _DRY_RUN.value:
+    print("error: --dry_run_compile needs --dry_run", file=sys.stderr)
+    sys.exit(2)
   if _DRY_RUN.value:
     try:
+      if _DRY_RUN_COMPILE.value:  # Fail on a device count that cannot hold the mesh before printing anything.
+        compiled.check(_CONFIG.value, tuple(_DRY_RUN_COMPILE.value))
       capacity.dry_run(_CONFIG.value, num_devices=_DRY_RUN_DEVICES.value)
+      if _DRY_RUN_COMPILE.value:
+        print(compiled.format_measure(compiled.measure(_CONFIG.value, tuple(_DRY_RUN_COMPILE.value))),
+              flush=True)
     except (config_lib.UserError, ValueError) as e:
       print(f"error: {_one_line(e)}", file=sys.stderr)
       sys.exit(2)

@@ -3,6 +3,7 @@
 import glob
 import importlib
 import os
+import re
 import subprocess
 import sys
 
@@ -204,3 +205,38 @@ def test_sampler_phase_is_what_the_compiled_sampler_holds(plans):
   assert pd["sampler_unembed_f32"] == 3 * 4 * c.embed_dim * c.num_embed // 8
   program = pd["params"] + pd["kv_cache_rl"] + pd["sampler_gathered_layers_f32"] + pd["sampler_unembed_f32"]
   assert abs(program / capacity.GIB / 13.79 - 1) < 0.2
+
+
+def _dry_run(args, devices):
+  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3",
+             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  return subprocess.run([sys.executable, "-m", "bon_jax.main", "--dry_run", *args], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=600)
+
+
+def test_dry_run_compile_prints_xla_memory_beside_the_plan_on_the_configs_mesh():
+  """math_bon32's three programs at Gemma 2 2B width (2 layers) on its (1, 8, 1) mesh, compiled.
+
+  Measured (BENCHMARKS.md, depth 2): sampler 2.21 vs plan 1.84 GiB (1.20; 1.11 at full depth, where the
+  fixed per-program buffers weigh less), update 4.90 vs 4.74, verifier step 4.17 vs 3.75.
+  """
+  proc = _dry_run(["--config=configs/math_bon32.py", "--config.model.preset=gemma2_2b_depth2",
+                   "--dry_run_compile=sampler,update,verifier"], devices=8)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  rows = {m[1]: (float(m[2]), float(m[3]), float(m[4])) for m in re.finditer(
+      r"^  (\w+) +compiled +([\d.]+) GiB  plan +([\d.]+) GiB  compiled/plan ([\d.]+)", proc.stdout, re.M)}
+  assert sorted(rows) == ["sampler", "update", "verifier"], proc.stdout[-2000:]
+  for name, (comp, plan, ratio) in rows.items():
+    assert ratio == pytest.approx(comp / plan, abs=0.01)
+    assert 0.8 <= ratio <= (1.25 if name == "sampler" else 1.2), (name, comp, plan)
+  assert "peak per device by phase:" in proc.stdout  # The plan is printed first.
+
+
+def test_dry_run_compile_refuses_a_host_without_the_meshs_devices_in_one_line():
+  proc = _dry_run(["--config=configs/math_bon32.py", "--dry_run_compile=update"], devices=2)
+  assert proc.returncode == 2 and proc.stdout == ""
+  assert proc.stderr.strip().startswith("error: --dry_run_compile compiles on this host's devices")
+  assert "--xla_force_host_platform_device_count=8" in proc.stderr and "Traceback" not in proc.stderr
+  assert len(proc.stderr.strip().splitlines()) == 1
+  proc = _dry_run(["--config=configs/demo.py", "--dry_run_compile=sampler,decoder"], devices=1)
+  assert proc.returncode == 2 and proc.stdout == "" and "unknown program(s) decoder" in proc.stderr, proc.stderr
