@@ -253,6 +253,12 @@ def plan(config: ml_collections.ConfigDict, *, num_devices: int | None = None) -
         "verifier_gathered_layers_f32": 8 * layer_params,
         "verifier_activations_f32": activations_f32(vrows_here, vtokens),
     }
+    if vcfg.get("remat_blocks", False):
+      # As in the rematerialised policy update (below), and one layer's activations: the step's
+      # peak is inside a block's recomputation (fitted at 2, 6 and 10 of 2B's layers).
+      verifier_step["verifier_gathered_layers_f32"] = 4 * layer_params // tc.num_layers
+      verifier_step["verifier_activations_f32"] = (activations_f32(vrows_here, vtokens) // tc.num_layers
+                                                   + 4 * 4 * vrows_here * vtokens * tc.embed_dim * tc.num_layers)
     # The float32 gradient of the embedding table (one shard; a microbatch's and its converted copy
     # when accumulating), as XLA:CPU's buffers at the step's peak hold it (bench/compiled_memory.py).
     table = {"embedder": {"input_embedding": jax.ShapeDtypeStruct((vocab, tc.embed_dim), jnp.float32)}}
@@ -261,6 +267,9 @@ def plan(config: ml_collections.ConfigDict, *, num_devices: int | None = None) -
     if 0 < micro < groups:
       verifier_step["verifier_gradient_accumulator_f32"] = sharding.per_device_bytes(
           jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, jnp.float32), vparams), vspecs, amesh)
+      if vcfg.get("remat_blocks", False):  # A microbatch's float32 gradient of the layers.
+        verifier_step["verifier_microbatch_grads_f32"] = int(
+            verifier_step["verifier_gradient_accumulator_f32"] * layer_params / verifier_num)
     notes.append(f"verifier step: {vrows_here} of {vrows} sequences of {vtokens} tokens per device"
                  f"{f' per microbatch (verifier.microbatch_groups={micro})' if 0 < micro < groups else ''};"
                  " gathered layers and activations as in the update (bench/compiled_memory.py)")
@@ -303,11 +312,25 @@ def plan(config: ml_collections.ConfigDict, *, num_devices: int | None = None) -
       row_shards = n_batch
 
     rows_here = -(-rows // row_shards)
-    per_device["update_gathered_layers_f32"] = 8 * layer_params
-    per_device["update_activations_f32"] = activations_f32(rows_here, length + 1)
+    if rl.remat_blocks:
+      # Rematerialised blocks: one layer's gathered float32 weights at a time, four float32
+      # copies of every block's input (the saved residual stream), and a microbatch's own
+      # float32 gradient beside the accumulator; a layer's activations are transient and,
+      # as XLA:CPU schedules the update, not alive at its peak. Fitted to the compiled
+      # update at 2, 6 and 10 of Gemma 2 2B's layers (BENCHMARKS.md).
+      per_device["update_gathered_layers_f32"] = 4 * layer_params // tc.num_layers
+      per_device["update_activations_f32"] = 4 * 4 * rows_here * (length + 1) * tc.embed_dim * tc.num_layers
+      if "gradient_accumulator_f32" in per_device:  # The layers' share of it.
+        per_device["update_microbatch_grads_f32"] = int(
+            per_device["gradient_accumulator_f32"] * layer_params / models.num_params(models.abstract_params(base)))
+    else:
+      per_device["update_gathered_layers_f32"] = 8 * layer_params
+      per_device["update_activations_f32"] = activations_f32(rows_here, length + 1)
     if lora_rank:
       # The adapters' branch of every kernel (gm.nn.LoRA adds x @ A @ B to the frozen
       # einsum's output) is saved beside it: q, k and v, attention output, gating, linear.
+      # XLA:CPU keeps these with rematerialised blocks too (math_pass32, LoRA 16, compiled
+      # at 2 / 6 layers: 1.55 / 2.42 GiB vs 1.54 / 2.50 planned).
       lora_per_token = (tc.num_heads * tc.head_dim + 2 * tc.num_kv_heads * tc.head_dim + 2 * tc.embed_dim
                         + 2 * tc.hidden_dim)
       per_device["update_lora_activations_f32"] = 4 * rows_here * (length + 1) * tc.num_layers * lora_per_token
@@ -324,9 +347,12 @@ def plan(config: ml_collections.ConfigDict, *, num_devices: int | None = None) -
       # No embedding gradient (frozen: trainer_lib.freeze), but XLA:CPU keeps two
       # float32 copies of the device's table shard (the lookup's and the decode's).
       per_device["update_embedding_f32"] = 2 * table_f32
-    notes.append(f"update: {rows_here} of {rows} rows per device; update_gathered_layers_f32: every layer's"
-                 " weights gathered, float32, W and W^T; update_activations_f32: every layer's saved"
-                 f" activations of those rows; update_logits_f32: one float32 [{rows_here}, {length},"
+    held = ("one layer's weights gathered, float32 (rl.remat_blocks); update_activations_f32: every"
+            " block's saved input" if rl.remat_blocks else
+            "every layer's weights gathered, float32, W and W^T; update_activations_f32: every layer's saved"
+            " activations")
+    notes.append(f"update: {rows_here} of {rows} rows per device; update_gathered_layers_f32: {held}"
+                 f" of those rows; update_logits_f32: one float32 [{rows_here}, {length},"
                  f" {chunk}] vocabulary chunk (rl.VOCAB_CHUNK); as XLA:CPU compiles the update"
                  " (bench/compiled_memory.py; bfloat16 on TPU / GPU: about half)")
   resident = sum(per_device.get(k, 0) for k in
@@ -339,7 +365,8 @@ def plan(config: ml_collections.ConfigDict, *, num_devices: int | None = None) -
   if stages:
     phases["rl sampling (resident + kv_cache_rl + sampler_*)"] = (
         resident + per_device["kv_cache_rl"] + sampler_terms)
-    update = [k for k in ("gradients", "gradient_accumulator_f32", "update_gathered_layers_f32",
+    update = [k for k in ("gradients", "gradient_accumulator_f32", "update_microbatch_grads_f32",
+                          "update_gathered_layers_f32",
                           "update_activations_f32", "update_lora_activations_f32", "update_logits_f32",
                           "update_embedding_grad_f32", "update_embedding_f32")
               if k in per_device]

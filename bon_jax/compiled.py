@@ -137,7 +137,8 @@ def measure(config: ml_collections.ConfigDict, programs: tuple[str, ...] = PROGR
     state = jax.eval_shape(init_state, jax.random.key(0))
     update = rl.make_policy_update(model, optimizer, kl_coef=float(stage.kl_coef),
                                    entropy_coef=float(stage.entropy_coef), temperature=float(stage.temperature),
-                                   mesh=mesh, microbatch_rows=int(stage.microbatch_rows))
+                                   mesh=mesh, microbatch_rows=int(stage.microbatch_rows),
+                                   remat_blocks=bool(stage.remat_blocks))
     length = p + t
     batch = {"tokens": jax.ShapeDtypeStruct((b, n, length), jnp.int32),
              "completion_mask": jax.ShapeDtypeStruct((b, n, length - 1), jnp.float32),
@@ -145,7 +146,8 @@ def measure(config: ml_collections.ConfigDict, programs: tuple[str, ...] = PROGR
              "sample_mask": jax.ShapeDtypeStruct((b, n), jnp.float32)}
     ref = state.params if stage.kl_coef > 0 else None
     parts = [k for k in ("params", "optimizer_state", "reference_params", "gradients",
-                         "gradient_accumulator_f32", "update_gathered_layers_f32", "update_activations_f32",
+                         "gradient_accumulator_f32", "update_microbatch_grads_f32", "update_gathered_layers_f32",
+                         "update_activations_f32",
                          "update_lora_activations_f32", "update_logits_f32", "update_embedding_grad_f32",
                          "update_embedding_f32") if k in pd]
     out["programs"]["update"] = {"compiled": memory_of(update.lower(state, ref, batch)),
@@ -166,7 +168,8 @@ def measure(config: ml_collections.ConfigDict, programs: tuple[str, ...] = PROGR
               "labels": jax.ShapeDtypeStruct(shape[:2], jnp.float32, sharding=on_mesh(shape[:2]))}
     step = verifier_lib.make_verifier_step(base, vopt, rank_weight=float(vcfg.get("rank_weight", 0.0)),
                                            pooling=vcfg.get("pooling", "last"), mesh=mesh,
-                                           microbatch_groups=int(vcfg.get("microbatch_groups", 0)))
+                                           microbatch_groups=int(vcfg.get("microbatch_groups", 0)),
+                                           remat_blocks=bool(vcfg.get("remat_blocks", False)))
     vparts = plan["verifier_step_bytes"]
     out["programs"]["verifier"] = {"compiled": memory_of(step.lower(vstate, vbatch)),
                                    "plan": sum(vparts.values()), "plan_parts": " + ".join(vparts)}

@@ -129,6 +129,13 @@ def rl_config() -> ml_collections.ConfigDict:
   # probs and reference log-probs. 0 = all rows in one pass. Same loss and
   # gradient either way (`rl.make_policy_update`).
   c.microbatch_rows = 0
+  # Rematerialise every transformer block in the update (`rl.make_policy_update`):
+  # the backward pass recomputes a block's activations and re-gathers its
+  # FSDP-split weights, so one layer's are alive at a time instead of all.
+  # Same gradient; about one more forward pass of compute. For full
+  # fine-tuning at paper shape (BENCHMARKS.md: Gemma 2 2B's update 34.95 ->
+  # ~9 GiB per device compiled).
+  c.remat_blocks = False
   c.max_new_tokens = 32
   # The BoN selector r: "grader" (exact, BoN-RL-S), "learned" (the verifier
   # stage's, or `verifier_ckpt` when set) or "noisy" (the grader plus noise
@@ -190,6 +197,10 @@ def verifier_config() -> ml_collections.ConfigDict:
   # live at once. 0 = the whole step in one pass. Same loss and gradient either
   # way (`verifier.make_verifier_step`); must divide the step's groups.
   c.microbatch_groups = 0
+  # Rematerialise the backbone's blocks in a training step, as rl.remat_blocks
+  # does in the policy update: the same step, about one layer's gathered
+  # weights and activations alive at a time.
+  c.remat_blocks = False
   # Orbax checkpoints of the training under workdir/verifier/train (0: the last
   # step only); a rerun resumes from the latest, on the samples saved beside it.
   c.checkpoint_every = 200

@@ -25,6 +25,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.metadata
 from typing import Any
@@ -65,6 +66,7 @@ try:
   TransformerConfig = _config.TransformerConfig
   make_attention_layers_types = _config.make_attention_layers_types
   Attention = _modules.Attention
+  Block = _modules.Block
   AttentionType = _modules.AttentionType
   LOCAL_SLIDING = _modules.AttentionType.LOCAL_SLIDING
   GLOBAL = _modules.AttentionType.GLOBAL
@@ -93,11 +95,17 @@ def forward(module: Any, tokens: jax.Array, **kwargs) -> Any:
   Called inside the caller's own `jax.jit`, this traces afresh every time.
   """
   if isinstance(module, gm.nn.LoRA):  # LoRA.__call__, around the unjitted forward.
-    replace = functools.partial(_replace_by_lora, rank=module.rank, dtype=module.dtype,
-                                verbose=module.verbose)
-    with ModuleInterceptor(replace):
+    with lora_context(module):
       return _transformer_call(module.model, tokens, **kwargs)
   return _transformer_call(module, tokens, **kwargs)
+
+
+def lora_context(module: Any) -> Any:
+  """The context `gm.nn.LoRA` runs its model under (Einsums replaced by LoRA ones); a no-op otherwise."""
+  if not isinstance(module, gm.nn.LoRA):
+    return contextlib.nullcontext()
+  return ModuleInterceptor(functools.partial(_replace_by_lora, rank=module.rank, dtype=module.dtype,
+                                             verbose=module.verbose))
 
 
 def query_norm(attn: Any) -> Any:

@@ -50,7 +50,6 @@ Regularisers, both at the sequence level and both on the policy's own samples
 from __future__ import annotations
 
 import functools
-import os
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -111,11 +110,11 @@ def _normalisers(rows: dict[str, jax.Array], num_prompts: int) -> dict[str, jax.
 VOCAB_CHUNK = 16384
 
 
-def _token_terms_full(model, params, ref_params, flat, *, temperature, constrain):
+def _token_terms_full(model, params, ref_params, flat, *, temperature, constrain, remat_blocks=False):
   """Per-token (target log-prob, entropy, KL, reference log-prob) from full-vocabulary log-softmaxes."""
 
   def log_probs(p):
-    logits = sharding.apply_rows_split(model, p, flat, constrain).logits
+    logits = sharding.apply_rows_split(model, p, flat, constrain, remat_blocks=remat_blocks).logits
     logits = logits[:, :-1].astype(jnp.float32)
     return jax.nn.log_softmax(logits / temperature, axis=-1)  # [r, L-1, V]
 
@@ -139,7 +138,8 @@ def _token_terms_full(model, params, ref_params, flat, *, temperature, constrain
   return logp, ent_tok, kl_tok, ref_logp
 
 
-def _token_terms_chunked(model, params, ref_params, flat, *, temperature, constrain, chunk, mesh):
+def _token_terms_chunked(model, params, ref_params, flat, *, temperature, constrain, chunk, mesh,
+                         remat_blocks=False):
   """`_token_terms_full`'s values, the vocabulary taken `chunk` entries at a time.
 
   The final hidden states [r, L-1, D] are decoded against one slice of the
@@ -156,7 +156,8 @@ def _token_terms_chunked(model, params, ref_params, flat, *, temperature, constr
   targets = flat[:, 1:]
 
   def hidden(p):
-    h = sharding.apply_rows_split(model, p, flat, constrain, return_hidden_states=True).hidden_states[:, :-1]
+    h = sharding.apply_rows_split(model, p, flat, constrain, remat_blocks=remat_blocks,
+                                  return_hidden_states=True).hidden_states[:, :-1]
     return (h if constrain is None else constrain(h)), p["embedder"]["input_embedding"]
 
   def split(table):
@@ -240,6 +241,7 @@ def _rows_loss(
     temperature: float,
     mesh: jax.sharding.Mesh | None = None,
     vocab_chunk: int = 0,
+    remat_blocks: bool = False,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """`policy_loss`'s row-additive part: (loss, metrics) of some rows [r, ...].
 
@@ -259,9 +261,10 @@ def _rows_loss(
   vocab = models.base_model(model).config.num_embed
   if 0 < vocab_chunk < vocab:
     terms = _token_terms_chunked(model, params, ref_params, flat, temperature=temperature, constrain=constrain,
-                                 chunk=vocab_chunk, mesh=mesh)
+                                 chunk=vocab_chunk, mesh=mesh, remat_blocks=remat_blocks)
   else:
-    terms = _token_terms_full(model, params, ref_params, flat, temperature=temperature, constrain=constrain)
+    terms = _token_terms_full(model, params, ref_params, flat, temperature=temperature, constrain=constrain,
+                              remat_blocks=remat_blocks)
   logp, ent_tok, kl_tok, ref_logp = terms
   seq_logp = jnp.sum(mask * logp, axis=-1)  # [r]
   pg_loss = -jnp.sum(w * seq_logp) / norm["prompts"]
@@ -370,6 +373,7 @@ def make_policy_update(
     mesh: jax.sharding.Mesh | None = None,
     microbatch_rows: int = 0,
     vocab_chunk: int = VOCAB_CHUNK,
+    remat_blocks: bool = False,
 ) -> Callable[..., tuple[trainer_lib.TrainState, dict[str, jax.Array]]]:
   """Jitted ``(state, ref_params, batch) -> (state, metrics)``, one optimizer step.
 
@@ -397,6 +401,13 @@ def make_policy_update(
   (`_token_terms_chunked`: the same loss and gradient up to float32
   summation order, with no float32 [rows, L, V] array); 0 = never chunk.
 
+  ``remat_blocks=True`` rematerialises every transformer block
+  (`sharding.apply_rows_split`): the backward pass re-gathers a block's
+  weights and recomputes its activations from its saved input, so about one
+  layer's are alive at a time instead of every layer's; with microbatches,
+  each one gathers the weights afresh. The same gradient for one more
+  forward pass of compute.
+
   Example::
 
     update = make_policy_update(model, optimizer, kl_coef=0.05, microbatch_rows=16)
@@ -406,7 +417,7 @@ def make_policy_update(
     raise ValueError(f"microbatch_rows must be an integer >= 0 (0 = one pass), got {microbatch_rows!r}")
   rows_loss = functools.partial(
       _rows_loss, model, kl_coef=kl_coef, entropy_coef=entropy_coef, temperature=temperature, mesh=mesh,
-      vocab_chunk=vocab_chunk)
+      vocab_chunk=vocab_chunk, remat_blocks=remat_blocks)
 
   def step(state: trainer_lib.TrainState, ref_params, batch):
     rows = _flat_rows(batch)
@@ -419,7 +430,8 @@ def make_policy_update(
       (_, metrics), grads = grad_fn(state.params, rows)
     else:
       chunks = _microbatches(rows, microbatch_rows, mesh)
-      metrics, grads = trainer_lib.accumulate_gradients(grad_fn, state.params, chunks, mesh, trainable)
+      metrics, grads = trainer_lib.accumulate_gradients(grad_fn, state.params, chunks, mesh, trainable,
+                                                        per_chunk_params=remat_blocks)
     metrics = {**metrics, **_weight_metrics(rows)}
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
@@ -565,7 +577,7 @@ def _optimizer_config(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDi
 @functools.lru_cache(maxsize=4)
 def _optimizer_and_update(model, opt_items, kl_coef, entropy_coef, temperature, mesh=None,
                           model_opt=(("lora_rank", 0), ("opt_state_dtype", "")),
-                          microbatch_rows=0):
+                          microbatch_rows=0, remat_blocks=False):
   """One compiled update per (model, optimizer settings, coefficients, microbatch) per process.
 
   Relaunching `train_rl` in the same process (resume, sweeps, tests) then
@@ -574,7 +586,8 @@ def _optimizer_and_update(model, opt_items, kl_coef, entropy_coef, temperature, 
   optimizer = trainer_lib.policy_optimizer(ml_collections.ConfigDict(dict(opt_items)),
                                      ml_collections.ConfigDict(dict(model_opt)))
   update = make_policy_update(model, optimizer, kl_coef=kl_coef, entropy_coef=entropy_coef,
-                              temperature=temperature, mesh=mesh, microbatch_rows=microbatch_rows)
+                              temperature=temperature, mesh=mesh, microbatch_rows=microbatch_rows,
+                              remat_blocks=remat_blocks)
   return optimizer, update
 
 
@@ -647,7 +660,7 @@ def train_rl(
       model, opt_items, float(rl.kl_coef), float(rl.entropy_coef), float(rl.temperature), mesh,
       (("lora_rank", int(config.model.lora_rank)),
        ("opt_state_dtype", str(config.model.opt_state_dtype))),
-      int(rl.microbatch_rows))
+      int(rl.microbatch_rows), bool(rl.remat_blocks))
   state = trainer_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
   if mesh is None:
     # Committed like restored arrays, so a resumed run reuses the compiled programs.

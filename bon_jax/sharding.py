@@ -66,6 +66,8 @@ every host.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -494,7 +496,8 @@ def gathered_over_batch_axes(tree: PyTree, mesh: Mesh) -> PyTree:
 
 
 def apply_rows_split(model: Any, params: PyTree, tokens: jax.Array,
-                     constrain: Callable[[jax.Array], jax.Array] | None, **kwargs) -> Any:
+                     constrain: Callable[[jax.Array], jax.Array] | None, *, remat_blocks: bool = False,
+                     **kwargs) -> Any:
   """``model.apply({"params": params}, tokens, **kwargs)``, every activation of the rows split.
 
   Every array output [rows, ...] of every flax module call inside goes
@@ -508,8 +511,13 @@ def apply_rows_split(model: Any, params: PyTree, tokens: jax.Array,
   The split call runs gemma's forward without its own `nn.jit`
   (`gemma_internals.forward`): that jit's trace cache ignores interceptors, so
   the constraints of one mesh would leak into a later call without them.
+
+  ``remat_blocks=True`` rematerialises every transformer block
+  (`_remat_block_interceptor`): the backward pass recomputes a block's
+  activations, and on a mesh gathers its weights again, from the block's
+  saved input. Same values and gradients.
   """
-  if constrain is None:
+  if constrain is None and not remat_blocks:
     return model.apply({"params": params}, tokens, **kwargs)
   rows = tokens.shape[0]
 
@@ -519,8 +527,84 @@ def apply_rows_split(model: Any, params: PyTree, tokens: jax.Array,
     return jax.tree.map(
         lambda x: constrain(x) if isinstance(x, jax.Array) and x.ndim >= 2 and x.shape[0] == rows else x, out)
 
-  with nn.intercept_methods(interceptor):
+  def contexts():
+    """What a block's recomputation in the backward pass must run under, as the forward did."""
+    out = [gemma_internals.lora_context(model)]
+    if constrain is not None:
+      out.append(nn.intercept_methods(interceptor))
+    return out
+
+  with contextlib.ExitStack() as stack:
+    if constrain is not None:
+      stack.enter_context(nn.intercept_methods(interceptor))
+    if remat_blocks:
+      stack.enter_context(nn.intercept_methods(
+          functools.partial(_remat_block_interceptor, contexts=contexts)))
     return model.apply({"params": params}, tokens, method=gemma_internals.forward, **kwargs)
+
+
+_IN_REMAT = []  # Non-empty while a block's own body runs (its call must not re-enter the interceptor).
+
+
+def _remat_block_interceptor(next_fun, args, kw, context, *, contexts):
+  """Runs a gemma `Block` call (no KV cache) as a rematerialised pure function.
+
+  The forward pass keeps only the block's input; the backward pass gathers
+  the block's (FSDP-split) weights again and recomputes its activations once
+  the block's output cotangent exists. `jax.checkpoint` alone did not get
+  this from XLA:CPU (bench/compiled_memory.py, BENCHMARKS.md): its
+  optimization barriers are expanded away before CSE, which merged every
+  recomputation back into the forward pass, and every layer's all-gather
+  was scheduled at the start. Here each block's weights get a data
+  dependency (+ 0) on the block's input in the forward pass and on its
+  output cotangent in the backward pass, which orders both. `contexts()`
+  re-enters the forward's flax interceptors (LoRA, rows split) while the
+  backward recomputes.
+  """
+  module = context.module
+  if (_IN_REMAT or context.method_name != "__call__" or not isinstance(module, gemma_internals.Block)
+      or len(args) != 4 or args[2] is not None or kw):
+    return next_fun(*args, **kw)
+  x, positions, _, attn_mask = args
+  unbound = module.clone(parent=None)
+
+  def apply(block_params, x, positions, attn_mask):
+    # Tie the weights to this block's input, so that XLA gathers them when
+    # the block runs rather than all layers' at the start (+ 0: exact).
+    tie = jnp.sum(x[:, :1, :1].astype(jnp.float32)) * 0.0
+    block_params = jax.tree.map(lambda a: a + tie.astype(a.dtype), block_params)
+    _IN_REMAT.append(True)
+    try:
+      return unbound.apply({"params": block_params}, x, positions, None, attn_mask)[1]
+    finally:
+      _IN_REMAT.pop()
+
+  @jax.custom_vjp
+  def block(block_params, x, positions, attn_mask):
+    return apply(block_params, x, positions, attn_mask)
+
+  def block_fwd(block_params, x, positions, attn_mask):
+    return apply(block_params, x, positions, attn_mask), (block_params, x, positions, attn_mask)
+
+  def block_bwd(residuals, y_bar):
+    (block_params, x, positions, attn_mask), y_bar = jax.lax.optimization_barrier((residuals, y_bar))
+    # XLA:CPU expands optimization barriers away before its CSE, which then
+    # merges the recomputation with the forward pass (everything alive again);
+    # an explicit data dependency on the cotangent (+ 0, exact for finite
+    # values) survives it.
+    tie = jnp.sum(y_bar[:, :1, :1].astype(jnp.float32)) * 0.0
+    block_params = jax.tree.map(lambda a: a + tie.astype(a.dtype), block_params)
+    x = x + tie.astype(x.dtype)
+    with contextlib.ExitStack() as stack:
+      for c in contexts():
+        stack.enter_context(c)
+      _, vjp = jax.vjp(lambda p, h: apply(p, h, positions, attn_mask), block_params, x)
+      params_bar, x_bar = vjp(y_bar)
+    zero = lambda a: np.zeros(np.shape(a), jax.dtypes.float0)
+    return params_bar, x_bar, zero(positions), zero(attn_mask)
+
+  block.defvjp(block_fwd, block_bwd)
+  return None, block(module.variables["params"], x, positions, attn_mask)
 
 
 def _specs_of(kind: str, tree: PyTree, mesh: Mesh) -> PyTree:

@@ -97,7 +97,7 @@ def freeze(params: Any, trainable: Any | None) -> Any:
 
 
 def accumulate_gradients(grad_fn: Any, params: Any, chunks: Any, mesh: jax.sharding.Mesh | None = None,
-                         trainable: Any | None = None) -> tuple[Any, Any]:
+                         trainable: Any | None = None, per_chunk_params: bool = False) -> tuple[Any, Any]:
   """Gradient accumulation inside a jitted step: ``(summed metrics, gradient)`` over microbatches.
 
   `grad_fn(params, chunk) -> ((loss, metrics), grads)` (a `jax.value_and_grad`
@@ -114,7 +114,13 @@ def accumulate_gradients(grad_fn: Any, params: Any, chunks: Any, mesh: jax.shard
 
   def body(carry, chunk):
     acc, sums = carry
-    (_, metrics), grads = grad_fn(params, chunk)
+    p = params
+    if per_chunk_params:
+      # Ties the params to this iteration's chunk, so that XLA cannot hoist
+      # what it computes from them alone (FSDP gathers, float32 copies) out of
+      # the loop, where every layer's copy would live through the whole scan.
+      p, chunk = jax.lax.optimization_barrier((params, chunk))
+    (_, metrics), grads = grad_fn(p, chunk)
     acc = jax.tree.map(lambda a, g, t: a + g.astype(jnp.float32) if t else a, acc, grads, trainable)
     return (acc, jax.tree.map(jnp.add, sums, metrics)), None
 

@@ -119,6 +119,8 @@ def _validate_pipeline(config: ml_collections.ConfigDict) -> None:
   mb = v.get("microbatch_groups", 0)
   _require(isinstance(mb, int) and not isinstance(mb, bool) and mb >= 0,
            f"config.verifier.microbatch_groups must be an integer >= 0 (0 = one pass), got {mb!r}")
+  _require(isinstance(v.get("remat_blocks", False), bool),
+           f"config.verifier.remat_blocks must be True or False, got {v.get('remat_blocks')!r}")
   if mb and v.steps > 0:
     # A training step holds batch_size // num_samples whole groups, or batch_size sequences (BCE alone).
     groups = max(1, v.batch_size // v.num_samples) if v.rank_weight else v.batch_size
@@ -157,6 +159,7 @@ def validate_rl_config(cfg: ml_collections.ConfigDict) -> None:
   mb = cfg.microbatch_rows
   need(isinstance(mb, int) and not isinstance(mb, bool) and mb >= 0,
        f"config.rl.microbatch_rows must be an integer >= 0 (0 = the whole batch in one pass), got {mb!r}")
+  need(isinstance(cfg.remat_blocks, bool), f"config.rl.remat_blocks must be True or False, got {cfg.remat_blocks!r}")
   group = algorithms.REGISTRY[cfg.algorithm].group
   if group == "multiple":
     need(cfg.N_prime % cfg.N == 0,

@@ -151,7 +151,8 @@ def init_verifier(model: Any, rng: jax.Array, *, backbone: Params | None = None)
 
 
 def score(model: Any, params: Params, tokens: Int["*B L"], *, pooling: str = "last",
-          mesh: jax.sharding.Mesh | None = None, constrain: Any = None) -> Float["*B"]:
+          mesh: jax.sharding.Mesh | None = None, constrain: Any = None,
+          remat_blocks: bool = False) -> Float["*B"]:
   """Verifier logits of full sequences.
 
   Args:
@@ -183,20 +184,21 @@ def score(model: Any, params: Params, tokens: Int["*B L"], *, pooling: str = "la
     return _sharded_score(model, mesh, kind, pooling)(params, tokens)
   tokens = jnp.asarray(tokens)
   if pooling == "min":
-    return pool_min(tokens, token_logits(model, params, tokens, constrain=constrain))
+    return pool_min(tokens, token_logits(model, params, tokens, constrain=constrain, remat_blocks=remat_blocks))
   lead, length = tokens.shape[:-1], tokens.shape[-1]
   out = sharding.apply_rows_split(model, params["backbone"], tokens.reshape(-1, length), constrain,
-                                  return_last_only=True, return_hidden_states=True)
+                                  remat_blocks=remat_blocks, return_last_only=True, return_hidden_states=True)
   logits = _HEAD.apply({"params": params["head"]}, out.hidden_states.astype(jnp.float32))[..., 0]
   return logits.reshape(lead)
 
 
-def token_logits(model: Any, params: Params, tokens: Int["*B L"], *, constrain: Any = None) -> Float["*B L"]:
+def token_logits(model: Any, params: Params, tokens: Int["*B L"], *, constrain: Any = None,
+                 remat_blocks: bool = False) -> Float["*B L"]:
   """float32[..., L]: the head at every position (position t has read tokens <= t); `constrain` as in `score`."""
   tokens = jnp.asarray(tokens)
   length = tokens.shape[-1]
   out = sharding.apply_rows_split(model, params["backbone"], tokens.reshape(-1, length), constrain,
-                                  return_hidden_states=True)
+                                  remat_blocks=remat_blocks, return_hidden_states=True)
   logits = _HEAD.apply({"params": params["head"]}, out.hidden_states.astype(jnp.float32))[..., 0]
   return logits.reshape(tokens.shape)
 
@@ -264,7 +266,8 @@ def _loss_counts(batch: dict[str, jax.Array], with_steps: bool) -> dict[str, jax
 
 def make_verifier_step(model: Any, optimizer: optax.GradientTransformation, *, rank_weight: float = 0.0,
                        pooling: str = "last", step_weight: float = 0.0,
-                       mesh: jax.sharding.Mesh | None = None, microbatch_groups: int = 0):
+                       mesh: jax.sharding.Mesh | None = None, microbatch_groups: int = 0,
+                       remat_blocks: bool = False):
   """Jitted ``(state, batch) -> (state, metrics)``.
 
   ``batch``: ``tokens`` int32[G, N, L] (N samples of each of G prompts),
@@ -284,6 +287,9 @@ def make_verifier_step(model: Any, optimizer: optax.GradientTransformation, *, r
   means (sums over the whole batch's counts of sequences, pairs and labelled
   positions), so loss, gradient and metrics equal one pass up to float32
   summation order, with k groups' activations live at a time instead of G.
+  ``remat_blocks`` rematerialises the backbone's blocks as the policy update
+  does (`rl.make_policy_update`): one layer's gathered weights and
+  activations alive at a time; the same step.
   """
   if step_weight and pooling != "min":
     raise ValueError("step_weight > 0 trains the head at every position: it needs pooling='min'")
@@ -294,11 +300,12 @@ def make_verifier_step(model: Any, optimizer: optax.GradientTransformation, *, r
     # On a mesh every activation of the batch's rows stays split over the batch axes.
     constrain = sharding.rows_constraint(mesh, int(np.prod(batch["tokens"].shape[:-1])))
     if step_weight:
-      per_token = token_logits(model, params, batch["tokens"], constrain=constrain)
+      per_token = token_logits(model, params, batch["tokens"], constrain=constrain, remat_blocks=remat_blocks)
       logits = pool_min(batch["tokens"], per_token)
       step_bce = step_bce_loss(per_token, batch["step_labels"], batch["step_mask"])
     else:
-      logits = score(model, params, batch["tokens"], pooling=pooling, constrain=constrain)
+      logits = score(model, params, batch["tokens"], pooling=pooling, constrain=constrain,
+                     remat_blocks=remat_blocks)
       step_bce = jnp.zeros((), jnp.float32)
     labels = batch["labels"]
     bce = bce_loss(logits, labels)
@@ -332,7 +339,8 @@ def make_verifier_step(model: Any, optimizer: optax.GradientTransformation, *, r
         return x
 
       metrics, grads = trainer_lib.accumulate_gradients(
-          lambda p, chunk: grad_fn(p, chunk, norm), state.params, jax.tree.map(split, batch), mesh)
+          lambda p, chunk: grad_fn(p, chunk, norm), state.params, jax.tree.map(split, batch), mesh,
+          per_chunk_params=remat_blocks)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     metrics["grad_norm"] = optax.tree.norm(grads)
     return trainer_lib.TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates),
@@ -365,6 +373,7 @@ def train_verifier(
     keep_checkpoints: int = 2,
     mesh: jax.sharding.Mesh | None = None,
     microbatch_groups: int = 0,
+    remat_blocks: bool = False,
 ) -> tuple[Params, list[dict[str, float]]]:
   """BCE (+ within-prompt ranking) training; minibatches are a function of (seed, step).
 
@@ -398,6 +407,7 @@ def train_verifier(
     microbatch_groups: gradient accumulation over microbatches of this many
       groups (single sequences for [M, L] data) per step; see
       `make_verifier_step`. 0 = one pass.
+    remat_blocks: rematerialise the backbone's blocks (`make_verifier_step`).
 
   Returns:
     The trained params and the metrics of the steps this call ran (loss, bce,
@@ -432,7 +442,7 @@ def train_verifier(
     # Sharded before the restore: Orbax restores into these shardings (any mesh shape).
     state = sharding.shard(state, mesh, sharding.state_specs(state, mesh))
   update = make_verifier_step(model, optimizer, rank_weight=rank_weight, pooling=pooling, step_weight=step_weight,
-                              mesh=mesh, microbatch_groups=microbatch_groups)
+                              mesh=mesh, microbatch_groups=microbatch_groups, remat_blocks=remat_blocks)
 
   def step_fn(state, step):
     idx = np.random.default_rng([seed, step]).integers(0, len(labels), size=per_step)
@@ -876,7 +886,8 @@ def run_verifier_stage(
       weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps, rank_weight=rank_weight,
       pooling=pooling, seed=cfg.seed, step_weight=step_weight, step_labels=step_labels,
       step_mask=step_mask, workdir=train_dir, checkpoint_every=cfg.checkpoint_every,
-      keep_checkpoints=cfg.keep_checkpoints, mesh=mesh, microbatch_groups=int(cfg.get("microbatch_groups", 0)))
+      keep_checkpoints=cfg.keep_checkpoints, mesh=mesh, microbatch_groups=int(cfg.get("microbatch_groups", 0)),
+      remat_blocks=bool(cfg.get("remat_blocks", False)))
   report = evaluate_verifier(model, params, held, ks=ks, batch_size=cfg.prompts_per_batch, pooling=pooling,
                              mesh=mesh)
   report["label_mean"] = float(train_data["labels"][: cfg.num_prompts].mean())

@@ -63,10 +63,11 @@ def get_config():
   # Gradient accumulation over 8 of the 256 rows at a time (1 per device of the
   # 8-way mesh, the least): one row's float32 [1023, 256128] log-softmax is
   # 1 GiB; the update log-softmaxes it 16k vocabulary entries at a time
-  # (rl.VOCAB_CHUNK). Planned ~29 GiB per device for full fine-tuning of 2B
-  # (the terms measured in the compiled math_bon32 update, BENCHMARKS.md): it
-  # does not fit 16 GB chips yet; 80 GB H100s do. See --dry_run.
+  # (rl.VOCAB_CHUNK). Rematerialised blocks, as in math_bon32 (whose compiled
+  # update holds 8.57 GiB per device, BENCHMARKS.md): planned well under 16 GB
+  # for full fine-tuning of 2B. See --dry_run.
   config.rl.microbatch_rows = 8
+  config.rl.remat_blocks = True
   config.rl.log_every = 1
   config.rl.checkpoint_every = 10
   config.rl.keep_checkpoints = 2

@@ -56,8 +56,10 @@ def get_config():
   config.verifier.max_new_tokens = 512
   config.verifier.batch_size = 64
   # 8 sequences (one per chip of the 8-chip mesh) of activations at a time: the step's
-  # 64 at once would need ~104 GiB per chip (`--dry_run`, bench/compiled_memory.py).
+  # 64 at once would need ~104 GiB per chip (`--dry_run`, bench/compiled_memory.py);
+  # rematerialised blocks, as in the RL update: one layer's weights and activations alive.
   config.verifier.microbatch_groups = 8
+  config.verifier.remat_blocks = True
   config.verifier.learning_rate = 5e-6  # Full backbone fine-tuning: small steps.
   config.verifier.warmup_steps = 100
   config.verifier.ks = (1, 4, 16, 32)
@@ -83,10 +85,12 @@ def get_config():
   # Gradient accumulation over 8 of the 512 rows at a time (1 per device of the
   # 8-way mesh, the least): one row's float32 [1535, 256128] log-softmax is
   # 1.5 GiB; the update log-softmaxes it 16k vocabulary entries at a time
-  # (rl.VOCAB_CHUNK). Compiled full fine-tuning of 2B holds ~35 GiB per device
-  # on XLA:CPU (gathered f32 weights + one row's saved activations,
-  # BENCHMARKS.md): it does not fit 16 GB chips yet; 80 GB H100s do. See --dry_run.
+  # (rl.VOCAB_CHUNK). Rematerialised blocks keep one layer's gathered weights
+  # and activations alive at a time: the compiled full fine-tuning update of 2B
+  # holds 8.57 GiB per device on XLA:CPU (34.95 without), BENCHMARKS.md — it
+  # fits 16 GB chips. See --dry_run (--dry_run_compile=update to compile it).
   config.rl.microbatch_rows = 8
+  config.rl.remat_blocks = True
   config.rl.log_every = 1
   config.rl.checkpoint_every = 25
   config.rl.keep_checkpoints = 2

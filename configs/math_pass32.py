@@ -58,10 +58,12 @@ def get_config():
   # Gradient accumulation over 8 of the 512 rows at a time (1 per device of the
   # 8-way mesh, the least): one row's float32 [1535, 256128] log-softmax is
   # 1.5 GiB; the update log-softmaxes it 16k vocabulary entries at a time
-  # (rl.VOCAB_CHUNK). Compiled full fine-tuning of 2B holds ~35 GiB per device
-  # on XLA:CPU (gathered f32 weights + one row's saved activations,
-  # BENCHMARKS.md): it does not fit 16 GB chips yet; 80 GB H100s do. See --dry_run.
+  # (rl.VOCAB_CHUNK). Rematerialised blocks keep one layer's gathered weights
+  # and activations alive at a time: the compiled full fine-tuning update of 2B
+  # holds 8.57 GiB per device on XLA:CPU (34.95 without), BENCHMARKS.md — it
+  # fits 16 GB chips. See --dry_run (--dry_run_compile=update to compile it).
   config.rl.microbatch_rows = 8
+  config.rl.remat_blocks = True
   config.rl.log_every = 1
   config.rl.checkpoint_every = 25
   config.rl.keep_checkpoints = 2

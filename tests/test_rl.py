@@ -382,6 +382,66 @@ def test_sharded_vocab_chunked_update_equals_the_plain_update(setup):
     assert float(got[key]) == pytest.approx(float(want[key]), rel=1e-5, abs=1e-6), key
 
 
+@pytest.mark.parametrize("lora_rank", [0, 2])
+@pytest.mark.parametrize("on_mesh", [False, True])
+def test_rematerialised_blocks_give_the_same_update(setup, lora_rank, on_mesh):
+  """`remat_blocks=True` (recomputed blocks, weights gathered per block) is the same update.
+
+  Full fine-tuning and LoRA, one device and a mesh of this host's devices,
+  microbatched (the params tied to each microbatch), with a KL reference
+  (its forward pass goes through the same blocks).
+  """
+  _, _, micro, params, _ = setup
+  model = micro
+  if lora_rank:
+    model = models.make_model(preset="micro", vocab_size=micro.config.num_embed, dtype=jnp.dtype("float32"),
+                              lora_rank=lora_rank)
+    params = models.add_lora(model, params, jax.random.key(1))
+    params = jax.tree_util.tree_map_with_path(  # LoRA's B starts at 0: move it, so A gets a gradient.
+        lambda path, x: x + 0.05 if "lora" in jax.tree_util.keystr(path) else x, params)
+  b, n = 2, 8
+  batch = _batch(micro.config.num_embed, seed=11, b=b, n=n, p=6, t=7)
+  batch["sample_mask"] = batch["sample_mask"].at[:, 0].set(0.0)
+  ref = jax.tree.map(lambda x: x + 0.02 * jnp.sign(x), params)
+  opt = optax.sgd(1.0)
+  mesh = sharding.make_mesh((1, -1, 1)) if on_mesh else None
+
+  def run(remat):
+    update = rl.make_policy_update(model, opt, kl_coef=0.3, entropy_coef=0.1, mesh=mesh, microbatch_rows=8,
+                                   remat_blocks=remat)
+    state, r = _state(params, opt), ref
+    if mesh is not None:
+      state = sharding.shard(state, mesh, sharding.state_specs(state, mesh))
+      r = sharding.shard(ref, mesh, sharding.param_specs(ref, mesh))
+    new, metrics = update(state, r, batch)
+    return jax.device_get(new.params), {k: float(v) for k, v in metrics.items()}
+
+  want_params, want = run(False)
+  got_params, got = run(True)
+  moved = jax.tree.map(lambda p, w: float(np.max(np.abs(np.asarray(p) - np.asarray(w)))), params, want_params)
+  assert max(jax.tree.leaves(moved)) > 1e-4  # The update is not trivially zero.
+  _updates_close(params, got_params, want_params)
+  for key in want:
+    assert got[key] == pytest.approx(want[key], rel=1e-5, abs=1e-6), key
+
+
+def test_rematerialised_blocks_are_recomputed_in_the_backward_pass(setup):
+  """The remat update's backward pass runs each block's forward again (it is not the plain program)."""
+  model, params = setup[2], setup[3]
+  batch = _batch(model.config.num_embed, seed=2, b=2, n=2, p=4, t=4)
+  rows = rl._flat_rows(batch)
+  norm = rl._normalisers(rows, 2)
+
+  def grad_jaxpr(remat):
+    loss = lambda p: rl._rows_loss(model, p, None, rows, norm, kl_coef=0.0, entropy_coef=0.0, temperature=1.0,
+                                   remat_blocks=remat)[0]
+    return str(jax.make_jaxpr(jax.grad(loss))(params))
+
+  layer_einsums = lambda text: text.count("dot_general")
+  # Every layer's forward matmuls once more in the backward pass.
+  assert layer_einsums(grad_jaxpr(True)) > layer_einsums(grad_jaxpr(False))
+
+
 def test_bad_microbatch_rows_is_a_one_line_error(setup):
   with pytest.raises(ValueError, match="microbatch_rows must be an integer >= 0") as e:
     rl.make_policy_update(setup[2], optax.sgd(1.0), microbatch_rows=-2)

@@ -424,7 +424,8 @@ def test_step_loss_is_the_masked_bce_of_the_per_token_head_and_trains_it(model):
 
 @pytest.mark.parametrize("pooling,rank_weight,step_weight", [("last", 0.5, 0.0), ("min", 0.5, 0.7)])
 def test_microbatched_step_equals_the_one_pass_step(model, pooling, rank_weight, step_weight):
-  """Gradient accumulation over microbatches of whole groups: the same loss, metrics and update."""
+  """Gradient accumulation over microbatches of whole groups (with or without rematerialised blocks):
+  the same loss, metrics and update."""
   rng = np.random.default_rng(3)
   g, n, length = 8, 4, 12
   tokens = rng.integers(3, VOCAB, (g, n, length)).astype(np.int32)
@@ -443,12 +444,14 @@ def test_microbatched_step_equals_the_one_pass_step(model, pooling, rank_weight,
   def run(k):
     own = jax.tree.map(jnp.array, params)  # The step donates its state.
     state = trainer_lib.TrainState(step=jnp.zeros((), jnp.int32), params=own, opt_state=optimizer.init(own))
+    remat = k == "remat"  # Rematerialised blocks, microbatches of 2 groups: the same step too.
     step = verifier.make_verifier_step(model, optimizer, rank_weight=rank_weight, pooling=pooling,
-                                       step_weight=step_weight, microbatch_groups=k)
+                                       step_weight=step_weight, microbatch_groups=2 if remat else k,
+                                       remat_blocks=remat)
     return jax.device_get(step(state, batch))
 
   one_state, one = run(0)
-  for k in (1, 2, 4):
+  for k in (1, 2, 4, "remat"):
     state, metrics = run(k)
     for name in ("loss", "bce", "rank", "step_bce", "accuracy", "grad_norm"):
       assert float(metrics[name]) == pytest.approx(float(one[name]), rel=1e-5, abs=1e-7), (k, name)
