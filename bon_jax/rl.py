@@ -50,6 +50,7 @@ Regularisers, both at the sequence level and both on the policy's own samples
 from __future__ import annotations
 
 import functools
+import os
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
