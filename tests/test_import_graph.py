@@ -18,7 +18,7 @@ LAYERS = (
     ("config", {"config_lib", "defaults", "multihost"}),
     ("models/data/tasks", set()),
     ("bon/sampling", {"bon", "algorithms", "sampling", "evaluate", "report", "validation"}),
-    ("trainers", {"trainer_lib", "experiment", "train", "verifier", "rl", "capacity", "compare"}),
+    ("trainers", {"trainer_lib", "experiment", "train", "verifier", "rl", "capacity", "compiled", "compare"}),
     ("pipeline", {"pipeline"}),
     ("main", {"main", "__init__"}),
 )
