@@ -239,9 +239,13 @@ def test_dry_run_compile_prints_xla_memory_beside_the_plan_on_the_configs_mesh()
   rows = {m[1]: (float(m[2]), float(m[3]), float(m[4])) for m in re.finditer(
       r"^  (\w+) +compiled +([\d.]+) GiB  plan +([\d.]+) GiB  compiled/plan ([\d.]+)", proc.stdout, re.M)}
   assert sorted(rows) == ["sampler", "update", "verifier"], proc.stdout[-2000:]
+  # The plan's coefficients were read off the jax 0.7 line's XLA:CPU; the newer line (jax 0.12,
+  # Python 3.12+) compiles the update and the verifier step smaller (2.20 / 3.05 and 1.69 / 2.56
+  # GiB; 3.39 / 4.74 and 2.51 / 3.75 without remat): there the plan is an upper bound.
+  low = 0.8 if jax.__version__.startswith("0.7") else 0.6
   for name, (comp, plan, ratio) in rows.items():
     assert ratio == pytest.approx(comp / plan, abs=0.01)
-    assert 0.8 <= ratio <= (1.25 if name == "sampler" else 1.2), (name, comp, plan)
+    assert low <= ratio <= (1.25 if name == "sampler" else 1.2), (name, comp, plan)
   assert "peak per device by phase:" in proc.stdout  # The plan is printed first.
 
 
