@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import importlib.util
 import json
 import os
 import shutil
@@ -41,15 +40,6 @@ from bon_jax import verifier as verifier_lib  # pylint: disable=g-import-not-at-
 import verifier_ablation  # pylint: disable=g-import-not-at-top
 
 KINDS = ("unavailable_number", "false_last_step", "false_step", "wrong_value", "unused_digits", "malformed")
-
-
-def _config(path: str, seed: int):
-  spec = importlib.util.spec_from_file_location("cfg", path)
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  config = mod.get_config()
-  config.seed = seed
-  return config
 
 
 def picks(workdir: str, config, *, num_prompts: int, num_samples: int, seed: int) -> dict:
@@ -80,8 +70,9 @@ def picks(workdir: str, config, *, num_prompts: int, num_samples: int, seed: int
          "wrong_picks_with_a_right_answer": dict(collections.Counter(
              ks[j] for ks, j, h in zip(kinds, pick, has_right) if h and ks[j] != "right")),
          "prompts_with_a_right_answer": int(has_right.sum()), "Bo-N_if_ranked_last": {}}
+  kind_of = np.asarray(kinds)  # [prompts, N] strings
   for kind in KINDS:
-    demoted = np.where(np.asarray([[k == kind for k in ks] for ks in kinds]), -np.inf, scores)
+    demoted = np.where(kind_of == kind, -np.inf, scores)
     out["Bo-N_if_ranked_last"][kind] = float(correct[rows, demoted.argmax(1)].mean())
   return out
 
@@ -99,7 +90,8 @@ def main() -> None:
   for path in (os.path.join(args.workdir, "checkpoints"), os.path.join(args.workdir, "verifier", "verifier")):
     if not os.path.isdir(path):
       parser.exit(2, f"error: {path} is missing; pass the workdir of a finished pipeline run (SFT and verifier)\n")
-  config = _config(args.config, args.seed)
+  config = verifier_ablation._config(args.config)  # pylint: disable=protected-access
+  config.seed = args.seed
   res = picks(args.workdir, config, num_prompts=args.num_prompts, num_samples=args.num_samples,
               seed=args.sample_seed)
   print(json.dumps(res, indent=1))
